@@ -1,0 +1,42 @@
+# mailish: `make up` runs the whole service locally; `make test` runs every check CI runs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: up test venv lint typecheck contracts pytest bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+up: venv
+	@scripts/system-packages.sh run
+	$(BIN)/mailish up
+
+lint: venv
+	$(BIN)/ruff check mailish tests bench
+	$(BIN)/ruff format --check mailish tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+contracts: venv
+	$(BIN)/lint-imports
+
+pytest: venv
+	@scripts/system-packages.sh test
+	$(BIN)/pytest
+
+test: lint typecheck contracts pytest
+
+bench: venv
+	@scripts/system-packages.sh test
+	$(BIN)/pytest bench -m slow -s
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,3 @@
+"""mailish: external IMAP/SMTP mailboxes behind one mobile mail API."""
+
+__version__ = "0.1.0"

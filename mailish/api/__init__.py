@@ -1,0 +1,1 @@
+"""The mobile API (FastAPI): stateless, any pod serves any user; reads from PostgreSQL."""

@@ -1,0 +1,54 @@
+"""Application factory. The lifespan owns the asyncpg pool; routes get it through ``deps``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+
+from mailish import __version__
+from mailish.api import health
+from mailish.api.state import ApiState
+from mailish.config import Settings
+from mailish.observability import metrics
+from mailish.store import connecting
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, dsn: str) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await connecting.connect_pool(
+            dsn,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            connect_timeout=settings.db_connect_timeout,
+        )
+        app.state.mailish = ApiState(settings=settings, pool=pool)
+        log.info("api ready on %s:%s", settings.api_host, settings.api_port)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(title="mailish", version=__version__, lifespan=lifespan)
+    app.include_router(health.router)
+
+    @app.middleware("http")
+    async def observe_latency(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.api_request_seconds.labels(
+            route=template, method=request.method, status=f"{response.status_code // 100}xx"
+        ).observe(time.perf_counter() - started)
+        return response
+
+    return app

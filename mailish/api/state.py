@@ -1,0 +1,30 @@
+"""What the lifespan puts on ``app.state`` and the dependencies that hand it to routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from mailish.config import Settings
+from mailish.store.connecting import Pool
+
+
+@dataclass(frozen=True, slots=True)
+class ApiState:
+    settings: Settings
+    pool: Pool
+
+
+def _state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.mailish
+    return state
+
+
+def _pool(request: Request) -> Pool:
+    return _state(request).pool
+
+
+StateDep = Annotated[ApiState, Depends(_state)]
+PoolDep = Annotated[Pool, Depends(_pool)]

@@ -1,0 +1,92 @@
+"""The long-running commands, each an ``async (settings, args) -> exit code``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mailish.api.app import create_app
+from mailish.cli.database import database, migrate_to_latest, next_local_epoch
+from mailish.cli.jobs import Job, run_jobs, stop_on_signals
+from mailish.cli.serving import ApiServer
+from mailish.config import Settings
+from mailish.domain.errors import ConfigError
+from mailish.store import connecting
+from mailish.worker.assigning import StaticAssigner
+from mailish.worker.running import Worker
+
+log = logging.getLogger(__name__)
+
+
+async def up(settings: Settings, _args: argparse.Namespace) -> int:
+    async with stop_on_signals() as stop, database(settings) as dsn:
+        await migrate_to_latest(dsn, settings)
+        api = ApiServer(create_app(settings, dsn=dsn), settings)
+        api.bind()
+        pool = await connecting.connect_pool(dsn, min_size=1, max_size=settings.db_pool_max)
+        try:
+            epoch = await next_local_epoch(pool)
+            worker = Worker(
+                pool=pool,
+                assigner=StaticAssigner(
+                    buckets=settings.buckets, owner=settings.worker_id, epoch=epoch
+                ),
+            )
+            print(
+                f"mailish is up: API http://{settings.api_host}:{api.port} "
+                f"(health /healthz, metrics /metrics); worker {settings.worker_id} owns "
+                f"{settings.buckets} buckets at epoch {epoch}. Ctrl-C stops.",
+                file=sys.stderr,
+                flush=True,
+            )
+            await run_jobs(stop, [Job("api", api.serve, api.stop), Job("worker", worker.run)])
+        finally:
+            await pool.close()
+    return 0
+
+
+async def api(settings: Settings, _args: argparse.Namespace) -> int:
+    dsn = _required_dsn(settings)
+    async with stop_on_signals() as stop:
+        server = ApiServer(create_app(settings, dsn=dsn), settings)
+        server.bind()
+        await run_jobs(stop, [Job("api", server.serve, server.stop)])
+    return 0
+
+
+async def worker(settings: Settings, _args: argparse.Namespace) -> int:
+    dsn = _required_dsn(settings)
+    async with stop_on_signals() as stop:
+        pool = await connecting.connect_pool(dsn, min_size=1, max_size=settings.db_pool_max)
+        try:
+            epoch = await next_local_epoch(pool)
+            assigner = StaticAssigner(
+                buckets=settings.buckets, owner=settings.worker_id, epoch=epoch
+            )
+            await run_jobs(stop, [Job("worker", Worker(pool=pool, assigner=assigner).run)])
+        finally:
+            await pool.close()
+    return 0
+
+
+async def operator(settings: Settings, args: argparse.Namespace) -> int:
+    from mailish.operator import running
+
+    async with stop_on_signals() as stop:
+        await run_jobs(stop, [Job("operator", lambda: running.run(namespace=args.namespace))])
+    return 0
+
+
+async def migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    async with database(settings) as dsn:
+        applied = await migrate_to_latest(dsn, settings)
+    print(f"mailish: schema up to date ({len(applied)} migration(s) applied)", file=sys.stderr)
+    return 0
+
+
+def _required_dsn(settings: Settings) -> str:
+    dsn = settings.database_dsn()
+    if dsn is None:
+        raise ConfigError("MAILISH_DATABASE_URL is required for this command (or use `mailish up`)")
+    return dsn

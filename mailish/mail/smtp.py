@@ -1,0 +1,172 @@
+"""SMTP submission client over aiosmtplib, with our TLS policy and error translation.
+
+``security=starttls`` *requires* the upgrade: a server that does not offer STARTTLS is refused
+(aiosmtplib raises, we translate), never silently used in the clear. Recipient refusals come
+back per address so callers can record partial acceptance and never resend to accepted ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosmtplib
+
+from mailish.domain.endpoints import Endpoint, Security, check_policy
+from mailish.domain.errors import (
+    AuthError,
+    MailishError,
+    PermanentError,
+    ProtocolError,
+    TransientError,
+    Unreachable,
+)
+from mailish.domain.logins import Login, OAuth2Login, PasswordLogin
+from mailish.mail.tls import client_context, describe_tls_failure
+
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpReply:
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    accepted: tuple[str, ...]
+    refused: dict[str, SmtpReply] = field(default_factory=dict)
+    reply: SmtpReply | None = None
+
+
+class SmtpRejected(PermanentError):
+    def __init__(self, reply: SmtpReply, stage: str) -> None:
+        super().__init__(f"SMTP {stage} rejected: {reply.code} {reply.message}")
+        self.reply = reply
+        self.stage = stage
+
+
+class SmtpTemporary(TransientError):
+    def __init__(self, reply: SmtpReply, stage: str) -> None:
+        super().__init__(f"SMTP {stage} deferred: {reply.code} {reply.message}", delay=30.0)
+        self.reply = reply
+        self.stage = stage
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    endpoint: Endpoint
+    ca_files: tuple[Path, ...] = ()
+    allow_plaintext: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def _client(settings: SmtpSettings) -> aiosmtplib.SMTP:
+    check_policy(settings.endpoint, allow_plaintext=settings.allow_plaintext)
+    security = settings.endpoint.security
+    return aiosmtplib.SMTP(
+        hostname=settings.endpoint.host,
+        port=settings.endpoint.port,
+        use_tls=security is Security.TLS,
+        start_tls=security is Security.STARTTLS,
+        tls_context=client_context(settings.ca_files),
+        validate_certs=True,
+        timeout=settings.timeout,
+    )
+
+
+def _reply(exc: aiosmtplib.SMTPResponseException) -> SmtpReply:
+    return SmtpReply(exc.code, exc.message)
+
+
+def _translate(exc: BaseException, settings: SmtpSettings, stage: str) -> MailishError:
+    host = settings.endpoint.host
+    if isinstance(exc, MailishError):
+        return exc
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return AuthError(f"SMTP {host}: login refused ({exc.code} {exc.message})")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        reply = _reply(exc)
+        if 400 <= reply.code < 500:
+            return SmtpTemporary(reply, stage)
+        return SmtpRejected(reply, stage)
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return describe_tls_failure(exc, host)
+    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPConnectTimeoutError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ssl.SSLError | ssl.CertificateError):
+            return describe_tls_failure(cause, host)
+        return Unreachable(f"SMTP {host}:{settings.endpoint.port}: cannot connect ({exc})")
+    if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in str(exc):
+        return PermanentError(f"SMTP {host}: server does not offer STARTTLS; refusing plaintext")
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPTimeoutError):
+        return TransientError(f"SMTP {host}: connection lost during {stage} ({exc})", delay=5.0)
+    if isinstance(exc, socket.gaierror | OSError | asyncio.TimeoutError):
+        return Unreachable(f"SMTP {host}: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPException):
+        return ProtocolError(f"SMTP {host}: {exc}")
+    return ProtocolError(f"SMTP {host}: unexpected {type(exc).__name__}")
+
+
+async def _authenticate(client: aiosmtplib.SMTP, login: Login) -> None:
+    if isinstance(login, OAuth2Login):
+        await client.auth_xoauth2(login.username, login.access_token)
+    elif isinstance(login, PasswordLogin):
+        await client.login(login.username, login.password)
+
+
+async def verify_login(settings: SmtpSettings, login: Login) -> None:
+    """Connect, negotiate TLS, authenticate and quit; raises a translated error on failure."""
+    client = _client(settings)
+    stage = "connect"
+    try:
+        await client.connect()
+        stage = "login"
+        await _authenticate(client, login)
+        stage = "quit"
+        await client.quit()
+    except Exception as exc:
+        raise _translate(exc, settings, stage) from exc
+    finally:
+        client.close()
+
+
+async def send_raw(
+    settings: SmtpSettings,
+    login: Login,
+    *,
+    envelope_from: str,
+    recipients: Sequence[str],
+    message: bytes,
+) -> SendResult:
+    """Submit ``message`` unchanged. Refused recipients are reported, not raised, unless all are."""
+    client = _client(settings)
+    stage = "connect"
+    try:
+        await client.connect()
+        stage = "login"
+        await _authenticate(client, login)
+        stage = "data"
+        refused_raw, reply_text = await client.sendmail(envelope_from, list(recipients), message)
+        refused = {addr: SmtpReply(r.code, r.message) for addr, r in refused_raw.items()}
+        accepted = tuple(r for r in recipients if r not in refused)
+        stage = "quit"
+        with contextlib.suppress(aiosmtplib.SMTPException):
+            await client.quit()  # the message is accepted; a failed QUIT changes nothing
+        return SendResult(accepted, refused, SmtpReply(250, reply_text))
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        refused = {e.recipient: SmtpReply(e.code, e.message) for e in exc.recipients}
+        if all(400 <= r.code < 500 for r in refused.values()):
+            first = next(iter(refused.values()))
+            raise SmtpTemporary(first, "rcpt") from exc
+        raise SmtpRejected(next(iter(refused.values())), "rcpt") from exc
+    except Exception as exc:
+        raise _translate(exc, settings, stage) from exc
+    finally:
+        client.close()

@@ -1,0 +1,1 @@
+"""Metrics (declared once, in ``metrics``) and structured logging (``logs``)."""

@@ -1,0 +1,305 @@
+"""One account's sync loop: mirror the folder list, run folder passes, then wait for changes.
+
+Order: INBOX first, then folders with a role, then the rest, so that new mail is visible
+before history is complete. After the first full round the loop waits for the server to
+tell it something changed: NOTIFY (one connection covers every folder) when offered, else
+IDLE on INBOX with a periodic poll of the other folders. Every wait is bounded, IDLE is
+re-issued before the 29-minute mark, and a full round runs at least every ``full_every``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from mailish.domain import folders as domain_folders
+from mailish.domain.buckets import BucketLease
+from mailish.domain.folders import FolderRole, ListedFolder, ObservedFolder
+from mailish.domain.logins import Login
+from mailish.mail.imap import wire
+from mailish.mail.imap.connection import ImapConnection, ImapError, ImapSettings
+from mailish.mail.imap.session import ImapSession, ListedMailbox
+from mailish.observability.logs import bind
+from mailish.store import accounts, changes, claims, folders, messages
+from mailish.store.connecting import Pool
+from mailish.store.folders import FolderSpec, StoredFolder
+from mailish.worker.folder_sync import FolderSync
+
+log = logging.getLogger(__name__)
+ROLE_ORDER = [FolderRole.INBOX, FolderRole.SENT, FolderRole.DRAFTS, FolderRole.ARCHIVE,
+              FolderRole.JUNK, FolderRole.TRASH, FolderRole.ALL, FolderRole.FLAGGED,
+              FolderRole.IMPORTANT]  # fmt: skip
+NOTIFY_EVENTS = (
+    b"SET (selected (MessageNew MessageExpunge FlagChange)) "
+    b"(personal (MessageNew MessageExpunge FlagChange MailboxName))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTuning:
+    batch: int = 100
+    poll_interval: float = 60.0  # other folders without NOTIFY; safety net with it
+    full_every: float = 600.0
+    idle_limit: float = 25 * 60.0  # re-issue IDLE well before RFC 2177's 29 minutes
+    debounce: float = 0.05
+    tombstone_ttl: dt.timedelta = dt.timedelta(minutes=10)
+
+
+@dataclass
+class AccountSync:
+    pool: Pool
+    lease: BucketLease
+    account_id: UUID
+    imap: ImapSettings
+    login: Login
+    tuning: SyncTuning = field(default_factory=SyncTuning)
+    rounds: int = 0
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        """Connect and sync until cancelled; errors propagate to the supervisor."""
+        with bind(account_id=str(self.account_id), bucket=self.lease.bucket):
+            conn = await ImapConnection.open(self.imap)
+            try:
+                await conn.login(self.login)
+                session = ImapSession(conn)
+                await session.enable_extensions()
+                await self._loop(session)
+            finally:
+                await conn.logout()
+
+    async def _loop(self, session: ImapSession) -> None:
+        loop = asyncio.get_running_loop()
+        notify = await self._start_notify(session)
+        dirty: set[str] | None = None  # None: everything, including the folder list
+        last_full = 0.0
+        while True:
+            if dirty is None or loop.time() - last_full >= self.tuning.full_every:
+                await self.sync_all(session)
+                last_full = loop.time()
+            else:
+                await self._sync_paths(session, dirty)
+            self.rounds += 1
+            self.synced.set()
+            await self._set_state("idle", None)
+            dirty = await (self._wait_notify(session) if notify else self._wait_idle(session))
+
+    # -- rounds --------------------------------------------------------------------------
+
+    async def sync_all(self, session: ImapSession) -> None:
+        await self._set_state("syncing", None)
+        stored = await self._mirror_folder_list(session)
+        for folder in _in_sync_order(stored):
+            await self._sync_folder(session, folder)
+        async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
+            await messages.purge_tombstones(
+                conn, account_id=self.account_id, older_than=self.tuning.tombstone_ttl
+            )
+            await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
+
+    async def _sync_paths(self, session: ImapSession, paths: set[str]) -> None:
+        async with self.pool.acquire() as conn:
+            stored = await folders.list_folders(conn, account_id=self.account_id)
+        for folder in _in_sync_order([f for f in stored if f.raw_name in paths]):
+            await self._sync_folder(session, folder)
+
+    async def _sync_folder(self, session: ImapSession, folder: StoredFolder) -> None:
+        if not folder.selectable or folder.state.flagged_reason:
+            return
+        with bind(folder=folder.path):
+            try:
+                await FolderSync(
+                    session=session, pool=self.pool, lease=self.lease,
+                    account_id=self.account_id, folder=folder, batch=self.tuning.batch,
+                ).run_pass()  # fmt: skip
+            except ImapError as exc:
+                # Deleted or renamed under us: the next round's LIST sorts it out.
+                log.warning("folder pass failed: %s", exc)
+
+    async def _mirror_folder_list(self, session: ImapSession) -> list[StoredFolder]:
+        listed = await session.list_mailboxes()
+        async with self.pool.acquire() as conn:
+            stored = await folders.list_folders(conn, account_id=self.account_id)
+        observed = [_observed(m) for m in listed]
+        by_path = {o.folder.path: o for o in observed}
+        old_paths = {f.path for f in stored}
+        if old_paths - set(by_path) and set(by_path) - old_paths:
+            await self._fill_uidvalidity(session, observed, old_paths)
+        roles = domain_folders.assign_roles([o.folder for o in observed])
+        snapshots = {
+            f.path: domain_folders.FolderSnapshot(f.path, f.state.uidvalidity, f.role)
+            for f in stored
+        }
+        diff = domain_folders.diff_folders(snapshots, observed)
+        specs = {o.folder.path: _spec(o.folder, roles.get(o.folder.path)) for o in observed}
+        ids = {f.path: f.id for f in stored}
+        async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
+            modseq = await changes.next_modseq(conn, account_id=self.account_id)
+            await folders.delete(
+                conn, account_id=self.account_id, modseq=modseq,
+                folder_ids=[ids[p] for p in diff.deleted if p in ids],
+            )  # fmt: skip
+            for old, new in diff.renamed:
+                await folders.rename(
+                    conn, account_id=self.account_id, modseq=modseq, folder_id=ids[old],
+                    spec=specs[new],
+                )  # fmt: skip
+                ids[new] = ids.pop(old)
+            for path in diff.created:
+                created = await folders.create(
+                    conn, account_id=self.account_id, modseq=modseq, spec=specs[path]
+                )
+                if created is not None:
+                    ids[path] = created
+            for path, spec in specs.items():
+                if path in ids:
+                    await folders.update_meta(
+                        conn, account_id=self.account_id, modseq=modseq, folder_id=ids[path],
+                        spec=spec,
+                    )  # fmt: skip
+                    await folders.link_parent(
+                        conn, account_id=self.account_id, folder_id=ids[path],
+                        parent_path=spec.parent_path,
+                    )  # fmt: skip
+            result = await folders.list_folders(conn, account_id=self.account_id)
+        if diff.created or diff.deleted or diff.renamed:
+            log.info(
+                "folders: %d created, %d deleted, %d renamed",
+                len(diff.created), len(diff.deleted), len(diff.renamed),
+            )  # fmt: skip
+        return result
+
+    async def _fill_uidvalidity(
+        self, session: ImapSession, observed: list[ObservedFolder], old_paths: set[str]
+    ) -> None:
+        """Rename detection needs UIDVALIDITY of new paths; ask STATUS when LIST didn't say."""
+        for i, item in enumerate(observed):
+            if item.uidvalidity is None and item.folder.path not in old_paths:
+                if not item.folder.selectable:
+                    continue
+                result = await session.conn.command(
+                    "STATUS", wire.quote(item.folder.raw_name), b"(UIDVALIDITY)"
+                )
+                for data in result.of("STATUS"):
+                    values = data.values[1] if len(data.values) > 1 else []
+                    if isinstance(values, list):
+                        pairs = wire.flatten_pairs(values)
+                        value = pairs.get("UIDVALIDITY")
+                        if isinstance(value, str) and value.isdigit():
+                            observed[i] = ObservedFolder(item.folder, int(value))
+
+    # -- waiting -------------------------------------------------------------------------
+
+    async def _start_notify(self, session: ImapSession) -> bool:
+        if not session.conn.has("NOTIFY"):
+            return False
+        try:
+            await session.conn.command("NOTIFY", NOTIFY_EVENTS)
+        except ImapError as exc:
+            log.info("NOTIFY refused (%s); falling back to IDLE", exc)
+            return False
+        return True
+
+    async def _wait_notify(self, session: ImapSession) -> set[str] | None:
+        """Block until the server reports a change; returns the folders to sync (None: all)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.tuning.poll_interval
+        dirty: set[str] = set()
+        relist = False
+        pending = list(session.conn.unsolicited)
+        session.conn.unsolicited.clear()
+        while True:
+            for event in pending:
+                relist |= _classify(event, session.selected, dirty)
+            pending = []
+            if dirty or relist:
+                wait = self.tuning.debounce
+            else:
+                wait = deadline - loop.time()
+                if wait <= 0:
+                    return None
+            arrived = await session.conn.wait_event(wait)
+            if arrived is None:
+                return None if relist or not dirty else dirty
+            pending.append(arrived)
+
+    async def _wait_idle(self, session: ImapSession) -> set[str] | None:
+        """IDLE on INBOX until something happens there or the poll interval passes."""
+        inbox = "INBOX"
+        if session.selected != inbox:
+            await session.select(inbox, readonly=True)
+        loop = asyncio.get_running_loop()
+        limit = min(self.tuning.poll_interval, self.tuning.idle_limit)
+        deadline = loop.time() + limit
+        tag = await session.conn.idle_begin()
+        changed = False
+        try:
+            while not changed:
+                wait = deadline - loop.time()
+                if wait <= 0:
+                    break
+                event = await session.conn.wait_event(wait)
+                if event is None:
+                    break
+                changed = isinstance(event, wire.DataResponse) and event.kind in _MAILBOX_EVENTS
+        finally:
+            if not session.conn.closed:
+                await session.conn.idle_end(tag)
+        return {inbox} if changed else None
+
+    async def _set_state(self, state: str, error: str | None) -> None:
+        async with self.pool.acquire() as conn:
+            await accounts.set_sync_state(
+                conn,
+                account_id=self.account_id,  # type: ignore[arg-type]
+                state=state,
+                last_error=error,
+            )
+
+
+_MAILBOX_EVENTS = frozenset({"EXISTS", "EXPUNGE", "FETCH", "VANISHED"})
+
+
+def _classify(event: wire.Response, selected: str | None, dirty: set[str]) -> bool:
+    """Record which folder an unsolicited response is about; True means re-LIST."""
+    if isinstance(event, wire.DataResponse):
+        if event.kind == "STATUS" and event.values:
+            name = event.values[0]
+            if isinstance(name, bytes):
+                name = name.decode("utf-8", "replace")
+            if isinstance(name, str):
+                dirty.add(name)
+        elif event.kind in _MAILBOX_EVENTS and selected is not None:
+            dirty.add(selected)
+        elif event.kind == "LIST":
+            return True
+    return False
+
+
+def _observed(mailbox: ListedMailbox) -> ObservedFolder:
+    folder = ListedFolder.from_wire(mailbox.raw_name, mailbox.delimiter, mailbox.attributes)
+    return ObservedFolder(folder, mailbox.status.get("UIDVALIDITY"))
+
+
+def _spec(folder: ListedFolder, role: FolderRole | None) -> FolderSpec:
+    return FolderSpec(
+        path=folder.path,
+        raw_name=folder.raw_name,
+        name=folder.name,
+        delimiter=folder.delimiter,
+        role=role,
+        attributes=tuple(sorted(folder.attributes)),
+        selectable=folder.selectable,
+        parent_path=folder.parent_path,
+    )
+
+
+def _in_sync_order(stored: list[StoredFolder]) -> list[StoredFolder]:
+    def key(folder: StoredFolder) -> tuple[int, str]:
+        rank = ROLE_ORDER.index(folder.role) if folder.role in ROLE_ORDER else len(ROLE_ORDER)
+        return rank, folder.path
+
+    return sorted(stored, key=key)

@@ -1,0 +1,216 @@
+"""The thin async driver of ``mailish.domain.syncing`` for one folder.
+
+It runs each command over IMAP and PostgreSQL and reports what it saw; every decision is the
+state machine's. Each write is one short transaction fenced by the bucket lease, and a
+``Store`` commits its messages together with the checkpoint the machine attached, so a crash
+between any two commands resumes without loss or duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from uuid import UUID
+
+from mailish.domain import messages as domain_messages
+from mailish.domain import syncing as sm
+from mailish.domain.buckets import BucketLease
+from mailish.domain.errors import Fenced
+from mailish.mail.imap.session import ImapSession
+from mailish.observability import metrics
+from mailish.store import accounts, changes, claims, folders, messages
+from mailish.store.connecting import Conn, Pool
+from mailish.store.folders import StoredFolder
+
+log = logging.getLogger(__name__)
+REMAP_CHUNK = 500
+
+
+class _Modseq:
+    """Allocates the transaction's change-log modseq on first use only, so a pass that
+    changes nothing does not advance the account's state."""
+
+    def __init__(self, conn: Conn, account_id: UUID) -> None:
+        self._conn = conn
+        self._account_id = account_id
+        self._value: int | None = None
+
+    async def get(self) -> int:
+        if self._value is None:
+            self._value = await changes.next_modseq(self._conn, account_id=self._account_id)
+        return self._value
+
+
+@dataclass
+class FolderSync:
+    session: ImapSession
+    pool: Pool
+    lease: BucketLease
+    account_id: UUID
+    folder: StoredFolder
+    batch: int = sm.DEFAULT_BATCH
+    on_progress: Callable[[int], None] | None = None
+
+    async def run_pass(self) -> sm.FolderSyncState:
+        machine, commands = sm.start(self.folder.state, batch=self.batch)
+        while True:
+            observation: sm.Observation = sm.Done()
+            for command in commands:
+                observation = await self._execute(command)
+            if machine.done:
+                return machine.state
+            machine, commands = sm.step(machine, observation)
+            if machine.done and not commands:
+                return machine.state
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[tuple[Conn, _Modseq]]:
+        try:
+            async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
+                yield conn, _Modseq(conn, self.account_id)
+        except Fenced:
+            metrics.fenced_writes.inc()
+            raise
+        except Exception:
+            metrics.store_errors.labels(kind="message").inc()
+            raise
+
+    async def _execute(self, command: sm.Command) -> sm.Observation:
+        match command:
+            case sm.Open(known):
+                return await self._open(known)
+            case sm.Search(low, high):
+                top = b"*" if high is None else str(high).encode()
+                found = await self.session.search_uids(b"UID %d:%s" % (low, top))
+                return sm.Found(tuple(found))
+            case sm.Store(uids, then):
+                return sm.Stored(await self._store(uids, then))
+            case sm.Apply(changed, vanished):
+                await self._apply({c.uid: c.flags for c in changed}, vanished)
+            case sm.SyncFlags(below, since):
+                if below > 1:
+                    flags, vanished = await self.session.fetch_flags(
+                        b"1:%d" % (below - 1), changedsince=since
+                    )
+                    await self._apply({f.uid: f.flags for f in flags}, vanished)
+            case sm.Diff(low, below):
+                return await self._diff(low, below)
+            case sm.Expunge(uids):
+                await self._apply({}, uids)
+            case sm.Remap(_):
+                await self._remap()
+            case sm.Save(state):
+                async with self._write() as (conn, modseq):
+                    await folders.save_state(
+                        conn, account_id=self.account_id, folder_id=self.folder.id, state=state
+                    )
+                    await folders.recount(
+                        conn, account_id=self.account_id, modseq=await modseq.get(),
+                        folder_id=self.folder.id,
+                    )  # fmt: skip
+                    await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
+        return sm.Done()
+
+    async def _open(self, known: tuple[int, int] | None) -> sm.Opened:
+        selected = await self.session.select(self.folder.raw_name, readonly=True, known=known)
+        used_qresync = (
+            known is not None and self.session.qresync and known[0] == selected.uidvalidity
+        )
+        async with self.pool.acquire() as conn:
+            local = await messages.count_live(conn, folder_id=self.folder.id)
+        async with self._write() as (conn, _):
+            await folders.set_server_exists(
+                conn, account_id=self.account_id, folder_id=self.folder.id, exists=selected.exists
+            )
+        return sm.Opened(
+            uidvalidity=selected.uidvalidity,
+            uidnext=selected.uidnext or 1,
+            exists=selected.exists,
+            highestmodseq=selected.highestmodseq,
+            local_count=local,
+            condstore=self.session.condstore and selected.highestmodseq is not None,
+            qresync=self.session.qresync,
+            vanished=selected.vanished if used_qresync else None,
+            changed=tuple(sm.FlagChange(c.uid, c.flags) for c in selected.changed),
+        )
+
+    async def _store(self, uids: tuple[int, ...], then: sm.FolderSyncState) -> int:
+        async with self.pool.acquire() as conn:
+            already = await messages.present(conn, folder_id=self.folder.id, uids=uids)
+        wanted = [u for u in uids if u not in already]
+        fetched = await self.session.fetch_messages(wanted) if wanted else []
+        batch = [
+            domain_messages.build(
+                uid=f.uid, raw=f.raw, flags=f.flags, internaldate=f.internaldate,
+                modseq=f.modseq, emailid=f.emailid, gm_msgid=f.gm_msgid,
+            )
+            for f in fetched
+        ]  # fmt: skip
+        async with self._write() as (conn, modseq):
+            stored = 0
+            if batch:
+                stored = await messages.store_batch(
+                    conn, account_id=self.account_id, folder_id=self.folder.id,
+                    modseq=await modseq.get(), batch=batch,
+                )  # fmt: skip
+                await folders.recount(
+                    conn, account_id=self.account_id, modseq=await modseq.get(),
+                    folder_id=self.folder.id,
+                )  # fmt: skip
+            await folders.save_state(
+                conn, account_id=self.account_id, folder_id=self.folder.id, state=then
+            )
+        if self.on_progress is not None and stored:
+            self.on_progress(stored)
+        return stored
+
+    async def _apply(self, flags: dict[int, frozenset[str]], vanished: frozenset[int]) -> None:
+        if not flags and not vanished:
+            return
+        normalised = {uid: domain_messages.normalise_flags(f) for uid, f in flags.items()}
+        async with self._write() as (conn, modseq):
+            if normalised:
+                await messages.set_flags(
+                    conn, account_id=self.account_id, folder_id=self.folder.id,
+                    modseq=await modseq.get(), flags_by_uid=normalised,
+                )  # fmt: skip
+            if vanished:
+                await messages.expunge(
+                    conn, account_id=self.account_id, folder_id=self.folder.id,
+                    modseq=await modseq.get(), uids=vanished,
+                )  # fmt: skip
+            await folders.recount(
+                conn, account_id=self.account_id, modseq=await modseq.get(),
+                folder_id=self.folder.id,
+            )  # fmt: skip
+
+    async def _diff(self, low: int, below: int) -> sm.Diffed:
+        if below <= low:
+            return sm.Diffed(frozenset(), frozenset())
+        on_server = set(await self.session.search_uids(b"UID %d:%d" % (low, below - 1)))
+        on_server = {u for u in on_server if low <= u < below}
+        async with self.pool.acquire() as conn:
+            here = await messages.live_uids(conn, folder_id=self.folder.id, low=low, below=below)
+        return sm.Diffed(frozenset(here - on_server), frozenset(on_server - here))
+
+    async def _remap(self) -> None:
+        uids = await self.session.search_uids(b"ALL")
+        server: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+        for i in range(0, len(uids), REMAP_CHUNK):
+            chunk = uids[i : i + REMAP_CHUNK]
+            for h in await self.session.fetch_headers(chunk, domain_messages.HEADER_FIELDS_ARG):
+                sid = domain_messages.stable_id(
+                    emailid=h.emailid, gm_msgid=h.gm_msgid, header=h.header, size=h.size
+                )
+                server.setdefault(sid, []).append((h.uid, domain_messages.normalise_flags(h.flags)))
+        async with self._write() as (conn, modseq):
+            kept, dropped = await messages.remap(
+                conn, account_id=self.account_id, folder_id=self.folder.id,
+                modseq=await modseq.get(), server=server,
+            )  # fmt: skip
+        log.warning(
+            "folder UIDVALIDITY changed: %d messages re-mapped by stable id, %d gone",
+            kept, dropped, extra={"folder_id": self.folder.id},
+        )  # fmt: skip

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install the Debian packages mailish needs, only when they are missing.
+# usage: scripts/system-packages.sh run|test
+#   run:  PostgreSQL server binaries (the embedded database of `mailish up`)
+#   test: the above plus Dovecot (IMAP), isync (mbsync, the benchmark peer) and openssl
+set -euo pipefail
+
+need=()
+have_pg() { ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1; }
+have_pg || need+=(postgresql)
+if [ "${1:-run}" = test ]; then
+  command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
+  command -v mbsync >/dev/null 2>&1 || need+=(isync)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+
+echo "installing system packages: ${need[*]}" >&2
+if [ "$(id -u)" -eq 0 ]; then
+  SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+  SUDO=(sudo)
+else
+  echo "missing system packages (${need[*]}); install them with: apt-get install ${need[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian's packages try to start their services; none is wanted here (tests run their own).
+for svc in dovecot postgresql; do
+  "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
+done

@@ -1,0 +1,7 @@
+"""Test-session wiring: the real-server fixtures live in tests/harness/ and are loaded here."""
+
+pytest_plugins = [
+    "tests.harness.pg_fixtures",
+    "tests.harness.mail_fixtures",
+    "tests.harness.task_leaks",
+]
