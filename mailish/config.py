@@ -58,7 +58,19 @@ class Settings(BaseSettings):
         default=False, description="Dev only: mail hosts on loopback or private addresses."
     )
     allow_plaintext: bool = Field(default=False, description="Dev only: IMAP/SMTP without TLS.")
+    secret_keys: SecretStr | None = Field(
+        default=None,
+        description="Credential encryption keys 'id:base64key,...'; the first encrypts.",
+    )
+    secret_keys_file: Path | None = Field(
+        default=None, description="A file holding MAILISH_SECRET_KEYS' value (a mounted Secret)."
+    )
     worker_id: str = Field(default_factory=_default_worker_id, min_length=1, max_length=253)
+    sync_batch: int = Field(default=100, ge=1, le=1000, description="Messages per FETCH.")
+    sync_poll_interval: float = Field(
+        default=60.0, gt=0, le=3600, description="Seconds between polls of non-pushed folders."
+    )
+    imap_timeout: float = Field(default=30.0, gt=0, le=600)
     db_pool_min: int = Field(default=1, ge=0, le=100)
     db_pool_max: int = Field(default=10, ge=1, le=1000)
     db_connect_timeout: float = Field(default=10.0, gt=0, le=300)
@@ -95,6 +107,13 @@ class Settings(BaseSettings):
             return None
         if not dsn.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("secret_keys_file")
+    @classmethod
+    def _keys_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {str(value)!r} does not exist")
         return value
 
     def database_dsn(self) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from mailish import __version__
-from mailish.cli import commands
+from mailish.cli import accounts, commands
 from mailish.config import Settings, load_settings
 from mailish.domain.errors import ConfigError, MailishError
 from mailish.observability import logs
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without MAILISH_DATABASE_URL it migrates the embedded database.",
     )
     migrate.set_defaults(handler=commands.migrate)
+    accounts.add_parser(sub)
     return parser
 
 

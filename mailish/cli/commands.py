@@ -7,14 +7,17 @@ import logging
 import sys
 
 from mailish.api.app import create_app
+from mailish.cli.accounts import policy_from
 from mailish.cli.database import database, migrate_to_latest, next_local_epoch
 from mailish.cli.jobs import Job, run_jobs, stop_on_signals
+from mailish.cli.keys import keyring
 from mailish.cli.serving import ApiServer
 from mailish.config import Settings
 from mailish.domain.errors import ConfigError
 from mailish.store import connecting
+from mailish.worker.account_sync import SyncTuning
 from mailish.worker.assigning import StaticAssigner
-from mailish.worker.running import Worker
+from mailish.worker.running import Worker, WorkerTuning
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,9 @@ async def up(settings: Settings, _args: argparse.Namespace) -> int:
                 assigner=StaticAssigner(
                     buckets=settings.buckets, owner=settings.worker_id, epoch=epoch
                 ),
+                keyring=keyring(settings, local=True),
+                policy=policy_from(settings),
+                tuning=worker_tuning(settings),
             )
             print(
                 f"mailish is up: API http://{settings.api_host}:{api.port} "
@@ -64,7 +70,14 @@ async def worker(settings: Settings, _args: argparse.Namespace) -> int:
             assigner = StaticAssigner(
                 buckets=settings.buckets, owner=settings.worker_id, epoch=epoch
             )
-            await run_jobs(stop, [Job("worker", Worker(pool=pool, assigner=assigner).run)])
+            worker = Worker(
+                pool=pool,
+                assigner=assigner,
+                keyring=keyring(settings, local=False),
+                policy=policy_from(settings),
+                tuning=worker_tuning(settings),
+            )
+            await run_jobs(stop, [Job("worker", worker.run)])
         finally:
             await pool.close()
     return 0
@@ -83,6 +96,12 @@ async def migrate(settings: Settings, _args: argparse.Namespace) -> int:
         applied = await migrate_to_latest(dsn, settings)
     print(f"mailish: schema up to date ({len(applied)} migration(s) applied)", file=sys.stderr)
     return 0
+
+
+def worker_tuning(settings: Settings) -> WorkerTuning:
+    return WorkerTuning(
+        sync=SyncTuning(batch=settings.sync_batch, poll_interval=settings.sync_poll_interval)
+    )
 
 
 def _required_dsn(settings: Settings) -> str:

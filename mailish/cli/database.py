@@ -20,7 +20,12 @@ async def database(settings: Settings) -> AsyncIterator[str]:
     if dsn is not None:
         yield dsn
         return
-    server = EmbeddedPostgres(settings.data_dir / "pg", bin_dir=settings.pg_bin_dir)
+    root = settings.data_dir / "pg"
+    shared = EmbeddedPostgres.running_dsn(root)
+    if shared is not None:  # `mailish up` is running: use its server
+        yield shared
+        return
+    server = EmbeddedPostgres(root, bin_dir=settings.pg_bin_dir)
     try:
         yield await asyncio.to_thread(server.start)
     finally:

@@ -24,8 +24,9 @@ it saw. Persistent state is ``FolderSyncState``; a pass also carries transient `
            FINISH    Save(uidnext, highestmodseq as of SELECT) ─► DONE
 
 Driver contract: run the commands of one step in order, then answer with the observation of
-the last one: ``Opened`` for Open, ``Found`` for Search, ``Stored`` for Store, ``Diffed`` for
-Diff and ``Done`` for everything else. Only the last command of a step returns data.
+the last one: ``Opened`` for Open, ``Found`` for Search, ``Stored`` for Store (the total of a
+run of Stores), ``Diffed`` for Diff and ``Done`` for everything else. Only the last command of
+a step returns data.
 
 Invariants the checkpoints keep (each ``Store`` commits its messages and its ``then`` state in
 one transaction, so a crash anywhere resumes without loss or duplicates):
@@ -305,12 +306,28 @@ def _fresh(obs: Opened, *, resets: int) -> FolderSyncState:
     )
 
 
+def _batches(
+    m: Machine, uids: tuple[int, ...], checkpoint: str
+) -> tuple[FolderSyncState, list[Command]]:
+    """All batches at once, each with its own checkpoint, so the driver can fetch the next
+    batch while it commits the current one."""
+    state: FolderSyncState = m.state
+    commands: list[Command] = []
+    for i in range(0, len(uids), m.batch):
+        batch = uids[i : i + m.batch]
+        if checkpoint == "uidnext":
+            state = replace(state, uidnext=max(batch) + 1)
+        else:
+            state = replace(state, low_uid=min(batch))
+        commands.append(Store(batch, state))
+    return state, commands
+
+
 def _store_new(m: Machine) -> tuple[Machine, list[Command]]:
     if not m.run.pending:
         return _changes(m)
-    batch, rest = m.run.pending[: m.batch], m.run.pending[m.batch :]
-    then = replace(m.state, uidnext=max(batch) + 1)
-    return replace(m, state=then, run=replace(m.run, pending=rest)), [Store(batch, then)]
+    then, commands = _batches(m, m.run.pending, "uidnext")
+    return replace(m, state=then, run=replace(m.run, pending=())), commands
 
 
 def _changes(m: Machine) -> tuple[Machine, list[Command]]:
@@ -347,9 +364,8 @@ def _store_history(m: Machine) -> tuple[Machine, list[Command]]:
     if not m.run.pending:
         synced = replace(m.state, phase=Phase.SYNCED, low_uid=1)
         return _finish(replace(m, state=synced))
-    batch, rest = m.run.pending[: m.batch], m.run.pending[m.batch :]
-    then = replace(m.state, low_uid=min(batch))
-    return replace(m, state=then, run=replace(m.run, pending=rest)), [Store(batch, then)]
+    then, commands = _batches(m, m.run.pending, "low_uid")
+    return replace(m, state=then, run=replace(m.run, pending=())), commands
 
 
 def _finish(m: Machine) -> tuple[Machine, list[Command]]:

@@ -143,3 +143,24 @@ async def set_sync_state(
 
 async def set_status(conn: Conn, *, account_id: AccountId, status: str, reason: str | None) -> None:
     await conn.execute(SET_STATUS, account_id, status, reason)
+
+
+ACTIVE_IN_BUCKETS = """
+SELECT id, email, bucket, status, settings, auth_kind, credentials FROM accounts
+WHERE bucket = ANY($1::int[]) AND status = 'active' ORDER BY id
+"""
+
+
+async def active_in_buckets(conn: Conn, *, buckets: list[BucketNo]) -> list[AccountRecord]:
+    return [
+        AccountRecord(
+            id=AccountId(r["id"]),
+            email=r["email"],
+            bucket=BucketNo(r["bucket"]),
+            status=r["status"],
+            settings=r["settings"],
+            auth_kind=r["auth_kind"],
+            credentials=r["credentials"],
+        )
+        for r in await conn.fetch(ACTIVE_IN_BUCKETS, buckets)
+    ]

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SEARCH_GLOB = "/usr/lib/postgresql/*/bin"
 RUN_AS_WHEN_ROOT = "postgres"
 DB_NAME = "mailish"
+DSN_FILE = "dsn"
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.NNNNN"
 INSTALL_HINT = "install PostgreSQL (apt-get install postgresql) or set MAILISH_DATABASE_URL"
 
@@ -106,6 +107,7 @@ class EmbeddedPostgres:
         self._pg_ctl(bins, "start", "-w", "-t", "60", "-l", str(self.log_path))
         self._started_here = True
         self._ensure_database(bins)
+        (self.root / DSN_FILE).write_text(self.dsn() + "\n", encoding="utf-8")
         log.info("embedded PostgreSQL running in %s", self.data)
         return self.dsn()
 
@@ -116,6 +118,7 @@ class EmbeddedPostgres:
             self._started_here = False
             log.info("embedded PostgreSQL stopped")
         if self._lock is not None:
+            (self.root / DSN_FILE).unlink(missing_ok=True)
             self._lock.close()
             self._lock = None
 
@@ -131,6 +134,20 @@ class EmbeddedPostgres:
                 "PostgreSQL cannot run as root and there is no 'postgres' user: "
                 f"{INSTALL_HINT}, or run mailish as an ordinary user"
             ) from None
+
+    @classmethod
+    def running_dsn(cls, root: Path) -> str | None:
+        """The DSN of a server another mailish process runs in ``root``, if any."""
+        lock_path, dsn_path = root / "mailish.lock", root / DSN_FILE
+        if not lock_path.exists() or not dsn_path.exists():
+            return None
+        with lock_path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return dsn_path.read_text(encoding="utf-8").strip() or None
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
     def _take_lock(self) -> None:
         handle = (self.root / "mailish.lock").open("a+")

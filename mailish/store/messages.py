@@ -51,9 +51,9 @@ INSERT_MESSAGE = """
 INSERT INTO messages (account_id, folder_id, uid, stable_id, sha256, size, flags, seen, flagged,
     server_modseq, internaldate, sent_date, sort_date, subject, from_addrs, to_addrs, cc_addrs,
     header_message_id, in_reply_to, references_ids, snippet, has_attachments, parse_defects,
-    search)
+    search_pending)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-    $20, $21, $22, $23, to_tsvector('simple', $24))
+    $20, $21, $22, $23, $24)
 ON CONFLICT (folder_id, uid) WHERE expunged_at IS NULL DO NOTHING
 """
 IDS_FOR_UIDS = """
@@ -86,6 +86,11 @@ WHERE account_id = $1 AND stable_id = $2 AND id <> $3 AND expunged_at IS NULL
 ORDER BY created_at DESC LIMIT 1
 """
 DELETE_ROW = "DELETE FROM messages WHERE account_id = $1 AND id = $2"
+INDEX_PENDING = """
+UPDATE messages SET search = to_tsvector('simple', search_pending), search_pending = NULL
+WHERE id IN (SELECT id FROM messages WHERE account_id = $1 AND search_pending IS NOT NULL
+             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+"""
 PURGE = """
 DELETE FROM messages WHERE account_id = $1 AND expunged_at < now() - $2::interval
 """
@@ -278,3 +283,9 @@ async def remap(
 async def purge_tombstones(conn: Conn, *, account_id: UUID, older_than: dt.timedelta) -> None:
     await conn.execute(PURGE, account_id, older_than)
     await conn.execute(PURGE_BLOBS, account_id)
+
+
+async def index_pending(conn: Conn, *, account_id: UUID, limit: int = 500) -> int:
+    """Build the full-text vectors of up to ``limit`` messages; returns how many."""
+    status: str = await conn.execute(INDEX_PENDING, account_id, limit)
+    return int(status.rsplit(" ", 1)[-1])

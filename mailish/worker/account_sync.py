@@ -10,6 +10,7 @@ re-issued before the 29-minute mark, and a full round runs at least every ``full
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class SyncTuning:
     full_every: float = 600.0
     idle_limit: float = 25 * 60.0  # re-issue IDLE well before RFC 2177's 29 minutes
     debounce: float = 0.05
+    use_notify: bool = True
     tombstone_ttl: dt.timedelta = dt.timedelta(minutes=10)
 
 
@@ -58,6 +60,7 @@ class AccountSync:
     tuning: SyncTuning = field(default_factory=SyncTuning)
     rounds: int = 0
     synced: asyncio.Event = field(default_factory=asyncio.Event)
+    _index_wanted: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         """Connect and sync until cancelled; errors propagate to the supervisor."""
@@ -67,9 +70,28 @@ class AccountSync:
                 await conn.login(self.login)
                 session = ImapSession(conn)
                 await session.enable_extensions()
-                await self._loop(session)
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._index_forever(), name="indexer")
+                    group.create_task(self._loop(session), name="sync")
             finally:
                 await conn.logout()
+
+    async def _index_forever(self) -> None:
+        """Build full-text vectors for stored messages, off the sync's critical path."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._index_wanted.wait(), self.tuning.full_every)
+            self._index_wanted.clear()
+            await self.index_pending()
+
+    async def index_pending(self) -> int:
+        total = 0
+        while True:
+            async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
+                done = await messages.index_pending(conn, account_id=self.account_id)
+            total += done
+            if done == 0:
+                return total
 
     async def _loop(self, session: ImapSession) -> None:
         loop = asyncio.get_running_loop()
@@ -114,6 +136,7 @@ class AccountSync:
                 await FolderSync(
                     session=session, pool=self.pool, lease=self.lease,
                     account_id=self.account_id, folder=folder, batch=self.tuning.batch,
+                    on_progress=lambda _: self._index_wanted.set(),
                 ).run_pass()  # fmt: skip
             except ImapError as exc:
                 # Deleted or renamed under us: the next round's LIST sorts it out.
@@ -123,9 +146,11 @@ class AccountSync:
         listed = await session.list_mailboxes()
         async with self.pool.acquire() as conn:
             stored = await folders.list_folders(conn, account_id=self.account_id)
-        observed = [_observed(m) for m in listed]
-        by_path = {o.folder.path: o for o in observed}
         old_paths = {f.path for f in stored}
+        # A known path keeps its row even if its UIDVALIDITY changed: the folder's state
+        # machine remaps that by stable id. UIDVALIDITY only matters for spotting renames.
+        observed = [_observed(m, known=old_paths) for m in listed]
+        by_path = {o.folder.path: o for o in observed}
         if old_paths - set(by_path) and set(by_path) - old_paths:
             await self._fill_uidvalidity(session, observed, old_paths)
         roles = domain_folders.assign_roles([o.folder for o in observed])
@@ -194,7 +219,7 @@ class AccountSync:
     # -- waiting -------------------------------------------------------------------------
 
     async def _start_notify(self, session: ImapSession) -> bool:
-        if not session.conn.has("NOTIFY"):
+        if not self.tuning.use_notify or not session.conn.has("NOTIFY"):
             return False
         try:
             await session.conn.command("NOTIFY", NOTIFY_EVENTS)
@@ -204,7 +229,12 @@ class AccountSync:
         return True
 
     async def _wait_notify(self, session: ImapSession) -> set[str] | None:
-        """Block until the server reports a change; returns the folders to sync (None: all)."""
+        """Block until the server reports a change; returns the folders to sync (None: all).
+
+        No mailbox stays selected while waiting: Dovecot reports changes to the selected
+        mailbox only at command boundaries, but changes to the others at once (as STATUS).
+        """
+        await session.unselect()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.tuning.poll_interval
         dirty: set[str] = set()
@@ -279,9 +309,10 @@ def _classify(event: wire.Response, selected: str | None, dirty: set[str]) -> bo
     return False
 
 
-def _observed(mailbox: ListedMailbox) -> ObservedFolder:
+def _observed(mailbox: ListedMailbox, *, known: set[str]) -> ObservedFolder:
     folder = ListedFolder.from_wire(mailbox.raw_name, mailbox.delimiter, mailbox.attributes)
-    return ObservedFolder(folder, mailbox.status.get("UIDVALIDITY"))
+    uidvalidity = None if folder.path in known else mailbox.status.get("UIDVALIDITY")
+    return ObservedFolder(folder, uidvalidity)
 
 
 def _spec(folder: ListedFolder, role: FolderRole | None) -> FolderSpec:

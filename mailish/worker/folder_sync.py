@@ -8,6 +8,7 @@ between any two commands resumes without loss or duplicates.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,7 @@ from mailish.domain import messages as domain_messages
 from mailish.domain import syncing as sm
 from mailish.domain.buckets import BucketLease
 from mailish.domain.errors import Fenced
-from mailish.mail.imap.session import ImapSession
+from mailish.mail.imap.session import FetchedMessage, ImapSession
 from mailish.observability import metrics
 from mailish.store import accounts, changes, claims, folders, messages
 from mailish.store.connecting import Conn, Pool
@@ -57,8 +58,12 @@ class FolderSync:
         machine, commands = sm.start(self.folder.state, batch=self.batch)
         while True:
             observation: sm.Observation = sm.Done()
-            for command in commands:
-                observation = await self._execute(command)
+            stores = [c for c in commands if isinstance(c, sm.Store)]
+            if stores and len(stores) == len(commands):
+                observation = sm.Stored(await self._store_pipelined(stores))
+            else:
+                for command in commands:
+                    observation = await self._execute(command)
             if machine.done:
                 return machine.state
             machine, commands = sm.step(machine, observation)
@@ -136,18 +141,47 @@ class FolderSync:
             changed=tuple(sm.FlagChange(c.uid, c.flags) for c in selected.changed),
         )
 
-    async def _store(self, uids: tuple[int, ...], then: sm.FolderSyncState) -> int:
+    async def _store_pipelined(self, stores: list[sm.Store]) -> int:
+        """Fetch and parse batch k+1 while PostgreSQL commits batch k; commits stay in order."""
+        total = 0
+        committing: asyncio.Task[int] | None = None
+        try:
+            for store in stores:
+                batch = self._build(await self._fetch(store.uids))
+                if committing is not None:
+                    total += await committing
+                committing = asyncio.create_task(self._commit(batch, store.then))
+            if committing is not None:
+                total += await committing
+                committing = None
+        finally:
+            if committing is not None:
+                committing.cancel()
+                await asyncio.gather(committing, return_exceptions=True)
+        return total
+
+    async def _fetch(self, uids: tuple[int, ...]) -> list[FetchedMessage]:
         async with self.pool.acquire() as conn:
             already = await messages.present(conn, folder_id=self.folder.id, uids=uids)
         wanted = [u for u in uids if u not in already]
-        fetched = await self.session.fetch_messages(wanted) if wanted else []
-        batch = [
+        return await self.session.fetch_messages(wanted) if wanted else []
+
+    @staticmethod
+    def _build(fetched: list[FetchedMessage]) -> list[domain_messages.SyncedMessage]:
+        return [
             domain_messages.build(
                 uid=f.uid, raw=f.raw, flags=f.flags, internaldate=f.internaldate,
                 modseq=f.modseq, emailid=f.emailid, gm_msgid=f.gm_msgid,
             )
             for f in fetched
         ]  # fmt: skip
+
+    async def _store(self, uids: tuple[int, ...], then: sm.FolderSyncState) -> int:
+        return await self._commit(self._build(await self._fetch(uids)), then)
+
+    async def _commit(
+        self, batch: list[domain_messages.SyncedMessage], then: sm.FolderSyncState
+    ) -> int:
         async with self._write() as (conn, modseq):
             stored = 0
             if batch:

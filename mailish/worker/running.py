@@ -5,22 +5,31 @@ PostgreSQL. One audit loop re-checks all held claims in a single query; the mome
 epoch appears (another worker took over while this one was paused or partitioned) that
 bucket's runner is stopped. Every write a runner makes is fenced on its own as well, so the
 audit only makes the stop prompt; it is not what keeps data safe. Buckets that leave the
-snapshot are cancelled at once. Metrics ``shards_in_sync`` and ``missing_users`` are
-recomputed on every change and on each audit.
+snapshot are cancelled at once.
+
+The same audit reconciles accounts: every active account in a held bucket gets one
+``AccountRunner`` task; accounts that left, were unlinked or lost their credentials are
+stopped. Metrics ``shards_in_sync`` and ``missing_users`` (accounts in held buckets that are
+not syncing) are recomputed on every change and on each audit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailish.domain.buckets import BucketLease
-from mailish.domain.ids import BucketNo
+from mailish.domain.ids import AccountId, BucketNo
+from mailish.mail.credentials import KeyRing
+from mailish.mail.policy import ConnectionPolicy
 from mailish.observability import metrics
 from mailish.observability.logs import bind
 from mailish.store import accounts, claims
+from mailish.store.accounts import AccountRecord
 from mailish.store.connecting import Pool
+from mailish.worker.account_runner import AccountRunner
+from mailish.worker.account_sync import SyncTuning
 from mailish.worker.assigning import Assigner
 from mailish.worker.supervising import supervise
 
@@ -30,13 +39,25 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class WorkerTuning:
     audit_interval: float = 2.0
+    sync: SyncTuning = field(default_factory=SyncTuning)
 
 
 class Worker:
-    def __init__(self, *, pool: Pool, assigner: Assigner, tuning: WorkerTuning | None = None):
+    def __init__(
+        self,
+        *,
+        pool: Pool,
+        assigner: Assigner,
+        keyring: KeyRing | None = None,
+        policy: ConnectionPolicy | None = None,
+        tuning: WorkerTuning | None = None,
+    ):
         self._pool = pool
         self._assigner = assigner
+        self._keyring = keyring
+        self._policy = policy or ConnectionPolicy()
         self._tuning = tuning or WorkerTuning()
+        self._accounts: dict[AccountId, tuple[AccountRunner, asyncio.Task[None]]] = {}
         self._runners: dict[BucketNo, tuple[BucketLease, asyncio.Task[None]]] = {}
         self._claimed: dict[BucketNo, BucketLease] = {}
         self.changed = asyncio.Event()
@@ -99,9 +120,43 @@ class Worker:
 
     async def _audit(self) -> None:
         while True:
-            await asyncio.sleep(self._tuning.audit_interval)
             await self.drop_lost_buckets()
+            await self.reconcile_accounts()
             await self.refresh_missing_users()
+            await asyncio.sleep(self._tuning.audit_interval)
+
+    def runner(self, account_id: AccountId) -> AccountRunner | None:
+        entry = self._accounts.get(account_id)
+        return entry[0] if entry else None
+
+    async def reconcile_accounts(self) -> None:
+        """Start a runner for every active account in a held bucket; stop the others."""
+        if self._keyring is None:
+            return
+        held = dict(self._claimed)
+        wanted: dict[AccountId, AccountRecord] = {}
+        if held:
+            async with self._pool.acquire() as conn:
+                for record in await accounts.active_in_buckets(conn, buckets=sorted(held)):
+                    wanted[record.id] = record
+        for account_id, (runner, task) in list(self._accounts.items()):
+            current = wanted.get(account_id)
+            stale = current is None or runner.lease != held.get(current.bucket)
+            changed = current is not None and current.credentials != runner.record.credentials
+            if stale or changed or task.done():
+                if not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                del self._accounts[account_id]
+        for account_id, record in wanted.items():
+            if account_id in self._accounts:
+                continue
+            runner = AccountRunner(
+                pool=self._pool, lease=held[record.bucket], record=record,
+                keyring=self._keyring, policy=self._policy, tuning=self._tuning.sync,
+            )  # fmt: skip
+            task = asyncio.create_task(runner.run(), name=f"account-{account_id}")
+            self._accounts[account_id] = (runner, task)
 
     async def drop_lost_buckets(self) -> set[BucketLease]:
         """Stop the runners of buckets whose claim a newer epoch has superseded."""
@@ -117,22 +172,31 @@ class Worker:
             if entry is not None and entry[0] == lease:
                 entry[1].cancel()
             self._forget(lease)
+        if gone:
+            await self.reconcile_accounts()
         return gone
 
     async def refresh_missing_users(self) -> int:
-        """Accounts in owned buckets that have no running sync loop (all, until sync runs)."""
+        """Accounts in held buckets without a healthy sync loop (auth_invalid, failing, new)."""
         buckets = sorted(self._claimed)
         if not buckets:
             metrics.missing_users.set(0)
             return 0
         async with self._pool.acquire() as conn:
             by_status = await accounts.count_by_status(conn, buckets=buckets)
-        missing = sum(by_status.values())
+        healthy = sum(
+            1
+            for runner, task in self._accounts.values()
+            if runner.healthy and not task.done() and runner.lease.bucket in self._claimed
+        )
+        missing = max(0, sum(by_status.values()) - healthy)
         metrics.missing_users.set(missing)
         return missing
 
     async def _stop_all(self) -> None:
         tasks = [task for _, task in self._runners.values()]
+        tasks += [task for _, task in self._accounts.values()]
+        self._accounts.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -75,9 +75,13 @@ def run_pass(server: ModelServer, local: ModelLocal, batch: int = 3) -> s.Machin
     machine, commands = s.start(local.state, batch=batch)
     while True:
         obs: s.Observation = s.Done()
+        stored = 0
         for command in commands:
             local.tick()
             obs = execute(server, local, command)
+            if isinstance(obs, s.Stored):
+                stored += obs.count
+                obs = s.Stored(stored)
         if machine.done:
             return machine
         machine, commands = s.step(machine, obs)

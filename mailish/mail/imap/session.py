@@ -257,6 +257,13 @@ class ImapSession:
             changed=tuple(changed),
         )
 
+    async def unselect(self) -> None:
+        """Leave the selected mailbox without expunging (UNSELECT, RFC 3691)."""
+        if self.selected is None or not self.conn.has("UNSELECT"):
+            return
+        await self.conn.command("UNSELECT")
+        self.selected = None
+
     def _drain_status(self) -> list[wire.StatusResponse]:
         """Untagged OK responses with codes (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ) from SELECT."""
         kept: list[wire.StatusResponse] = []
@@ -279,8 +286,13 @@ class ImapSession:
             if data.kind == "SEARCH":
                 uids.update(_int(v) for v in data.values if isinstance(v, str) and v.isdigit())
             elif data.kind == "ESEARCH":
-                pairs = wire.flatten_pairs([v for v in data.values if not isinstance(v, list)])
-                all_ = pairs.get("ALL")
+                # * ESEARCH (TAG "M5") UID ALL 1:12,20 — the correlator and the UID marker
+                # are not name/value pairs.
+                items = [
+                    v for v in data.values
+                    if not isinstance(v, list) and not (isinstance(v, str) and v.upper() == "UID")
+                ]  # fmt: skip
+                all_ = wire.flatten_pairs(items).get("ALL")
                 if isinstance(all_, str):
                     uids |= parse_uid_set(all_)
         return sorted(uids)

@@ -13,6 +13,7 @@ Values: atoms and quoted strings become ``str``, ``NIL`` becomes ``None``, liter
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mailish.domain.errors import ProtocolError
@@ -247,7 +248,7 @@ def quote(text: str) -> bytes:
     return b'"' + encoded.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-def flatten_pairs(values: list[Value]) -> dict[str, Value]:
+def flatten_pairs(values: Sequence[Value]) -> dict[str, Value]:
     """``(UID 4 FLAGS (\\Seen) BODY[] {..})`` → ``{"UID": "4", "FLAGS": [...], ...}``."""
     out: dict[str, Value] = {}
     for i in range(0, len(values) - 1, 2):

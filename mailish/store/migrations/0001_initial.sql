@@ -84,7 +84,7 @@ CREATE TABLE message_blobs (
     account_id  uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
     sha256      bytea NOT NULL CHECK (length(sha256) = 32),
     size        integer NOT NULL CHECK (size >= 0),
-    data        bytea NOT NULL,
+    data        bytea COMPRESSION lz4 NOT NULL,  -- lz4: ~10x cheaper than pglz to write
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (account_id, sha256)
 );
@@ -117,6 +117,10 @@ CREATE TABLE messages (
     has_attachments boolean NOT NULL DEFAULT false,
     parse_defects   text[] NOT NULL DEFAULT '{}',
     search          tsvector,
+    -- Text waiting to be indexed into `search`. Indexing (to_tsvector + GIN) is the single
+    -- most expensive part of storing a message, so a background indexer does it after the
+    -- batch commits instead of inside the sync's critical path.
+    search_pending  text COMPRESSION lz4,
     -- Set when the server expunged it. The row lingers briefly as a tombstone so that a move
     -- (expunge here, appear there) keeps the message's id; sync purges old tombstones.
     expunged_at     timestamptz,
@@ -134,6 +138,7 @@ CREATE INDEX messages_tombstones_idx ON messages (account_id, expunged_at)
     WHERE expunged_at IS NOT NULL;
 CREATE INDEX messages_header_id_idx ON messages (account_id, header_message_id);
 CREATE INDEX messages_search_idx ON messages USING gin (search);
+CREATE INDEX messages_index_queue_idx ON messages (account_id, id) WHERE search_pending IS NOT NULL;
 
 CREATE TABLE attachments (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

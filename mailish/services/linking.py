@@ -1,0 +1,148 @@
+"""Linking an external mailbox: prove the login works, then store the account, encrypted.
+
+Nothing is written until both logins succeed, so a wrong password or an unreachable server
+leaves no trace. Failures carry a machine-readable ``code`` (``auth_failed``, ``tls_failed``,
+``unreachable``, ``invalid_settings``, ``already_linked``) and a human ``detail``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from mailish.domain.buckets import bucket_for
+from mailish.domain.endpoints import Endpoint, PlaintextRefused
+from mailish.domain.errors import AuthError, MailishError, ProtocolError, TLSError, Unreachable
+from mailish.domain.ids import AccountId, new_account_id
+from mailish.domain.logins import PasswordLogin
+from mailish.mail import smtp
+from mailish.mail.credentials import KeyRing
+from mailish.mail.hosts import ForbiddenAddress, resolve_checked
+from mailish.mail.imap.connection import ConnectionLost, ImapConnection, ImapSettings
+from mailish.mail.policy import ConnectionPolicy
+from mailish.store import accounts, tokens
+from mailish.store.connecting import Pool
+
+log = logging.getLogger(__name__)
+
+
+class LinkError(MailishError):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequest:
+    email: str
+    password: str
+    imap: Endpoint
+    smtp: Endpoint | None
+    display_name: str | None = None
+    username: str | None = None
+
+    def __repr__(self) -> str:
+        return f"LinkRequest(email={self.email!r}, imap={self.imap}, smtp={self.smtp})"
+
+
+@dataclass(frozen=True, slots=True)
+class Linked:
+    account_id: AccountId
+    token: str
+    bucket: int
+
+
+def _classify(exc: BaseException) -> LinkError:
+    if isinstance(exc, LinkError):
+        return exc
+    if isinstance(exc, AuthError):
+        return LinkError("auth_failed", str(exc))
+    if isinstance(exc, TLSError):
+        return LinkError("tls_failed", str(exc))
+    if isinstance(exc, ForbiddenAddress | PlaintextRefused | ValueError):
+        return LinkError("invalid_settings", str(exc))
+    if isinstance(exc, Unreachable | ConnectionLost | OSError | ProtocolError):
+        return LinkError("unreachable", str(exc))
+    return LinkError("unreachable", f"{type(exc).__name__}: {exc}")
+
+
+async def verify_imap(request: LinkRequest, policy: ConnectionPolicy) -> None:
+    settings = ImapSettings(
+        request.imap,
+        ca_files=policy.ca_files,
+        allow_plaintext=policy.allow_plaintext,
+        allow_private_hosts=policy.allow_private_hosts,
+        timeout=policy.timeout,
+    )
+    try:
+        conn = await ImapConnection.open(settings)
+    except Exception as exc:
+        raise _classify(exc) from exc
+    try:
+        await conn.login(PasswordLogin(request.username or request.email, request.password))
+    except Exception as exc:
+        raise _classify(exc) from exc
+    finally:
+        await conn.logout()
+
+
+async def verify_smtp(request: LinkRequest, policy: ConnectionPolicy) -> None:
+    if request.smtp is None:
+        return
+    if not policy.allow_private_hosts:
+        try:
+            await resolve_checked(request.smtp.host, request.smtp.port, allow_private=False)
+        except Exception as exc:
+            raise _classify(exc) from exc
+    settings = smtp.SmtpSettings(
+        request.smtp, ca_files=policy.ca_files, allow_plaintext=policy.allow_plaintext,
+        timeout=policy.timeout,
+    )  # fmt: skip
+    try:
+        await smtp.verify_login(
+            settings, PasswordLogin(request.username or request.email, request.password)
+        )
+    except Exception as exc:
+        raise _classify(exc) from exc
+
+
+def _endpoint_json(endpoint: Endpoint) -> dict[str, Any]:
+    return {"host": endpoint.host, "port": endpoint.port, "security": endpoint.security.value}
+
+
+async def link(
+    pool: Pool,
+    request: LinkRequest,
+    *,
+    keyring: KeyRing,
+    policy: ConnectionPolicy,
+    buckets: int,
+) -> Linked:
+    """Verify IMAP and SMTP logins, then create the account and its first API token."""
+    async with pool.acquire() as conn:
+        if await accounts.find_by_email(conn, email=request.email) is not None:
+            raise LinkError("already_linked", f"{request.email} is already linked")
+    await verify_imap(request, policy)
+    await verify_smtp(request, policy)
+    account_id = new_account_id()
+    secret = {"password": request.password}
+    if request.username:
+        secret["username"] = request.username
+    sealed = keyring.encrypt(account_id, secret)
+    settings: dict[str, Any] = {"imap": _endpoint_json(request.imap)}
+    if request.smtp is not None:
+        settings["smtp"] = _endpoint_json(request.smtp)
+    bucket = bucket_for(account_id, buckets)
+    async with pool.acquire() as conn, conn.transaction():
+        if await accounts.find_by_email(conn, email=request.email) is not None:
+            raise LinkError("already_linked", f"{request.email} is already linked")
+        await accounts.create(
+            conn, account_id=account_id, email=request.email, display_name=request.display_name,
+            bucket=bucket, provider=None, settings=settings, auth_kind="password",
+            credentials=sealed, key_id=keyring.primary,
+        )  # fmt: skip
+        token = await tokens.issue(conn, account_id=account_id, label="linked")
+    log.info("linked account", extra={"account_id": str(account_id), "bucket": bucket})
+    return Linked(account_id, token, bucket)

@@ -1,0 +1,117 @@
+"""Keeps one account syncing: builds its connection settings, restarts the sync loop after
+transient failures with bounded backoff, and stops for good on authentication failure.
+
+An account whose login is refused becomes ``auth_invalid``: no retry storm against the
+provider (which would lock the user out), and no new attempt until its credentials change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from mailish.domain.buckets import BucketLease
+from mailish.domain.endpoints import Endpoint, Security
+from mailish.domain.errors import AuthError, Fenced, PermanentError, TransientError
+from mailish.domain.logins import Login, OAuth2Login, PasswordLogin
+from mailish.mail.credentials import CredentialError, KeyRing
+from mailish.mail.imap.connection import ImapSettings
+from mailish.mail.policy import ConnectionPolicy
+from mailish.observability.logs import bind
+from mailish.store import accounts
+from mailish.store.accounts import AccountRecord
+from mailish.store.connecting import Pool
+from mailish.worker.account_sync import AccountSync, SyncTuning
+from mailish.worker.supervising import Backoff
+
+log = logging.getLogger(__name__)
+
+
+def imap_settings(record: AccountRecord, policy: ConnectionPolicy) -> ImapSettings:
+    imap = record.settings.get("imap") or {}
+    try:
+        endpoint = Endpoint(str(imap["host"]), int(imap["port"]), Security(imap["security"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise PermanentError(f"account has no usable IMAP settings ({exc})") from exc
+    return ImapSettings(
+        endpoint,
+        ca_files=policy.ca_files,
+        allow_plaintext=policy.allow_plaintext,
+        allow_private_hosts=policy.allow_private_hosts,
+        timeout=policy.timeout,
+    )
+
+
+def login_for(record: AccountRecord, keyring: KeyRing) -> Login:
+    if record.credentials is None:
+        raise CredentialError("account has no stored credentials")
+    secret = keyring.decrypt(record.id, record.credentials)
+    username = secret.get("username") or record.email
+    if "access_token" in secret:
+        return OAuth2Login(username, secret["access_token"])
+    return PasswordLogin(username, secret["password"])
+
+
+@dataclass
+class AccountRunner:
+    pool: Pool
+    lease: BucketLease
+    record: AccountRecord
+    keyring: KeyRing
+    policy: ConnectionPolicy
+    tuning: SyncTuning = field(default_factory=SyncTuning)
+    backoff: Backoff = field(default_factory=Backoff)
+    healthy: bool = False
+    sync: AccountSync | None = None
+
+    async def run(self) -> None:
+        """Sync until cancelled, fenced, or the credentials are refused."""
+        attempt = 0
+        with bind(account_id=str(self.record.id), bucket=self.lease.bucket):
+            while True:
+                try:
+                    self.sync = AccountSync(
+                        pool=self.pool, lease=self.lease, account_id=self.record.id,
+                        imap=imap_settings(self.record, self.policy),
+                        login=login_for(self.record, self.keyring), tuning=self.tuning,
+                    )  # fmt: skip
+                    self.healthy = True
+                    await self.sync.run()
+                    return
+                except Fenced:
+                    raise
+                except (AuthError, CredentialError) as exc:
+                    self.healthy = False
+                    log.warning("login refused; account needs new credentials: %s", exc)
+                    await self._mark("auth_invalid", str(exc))
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the account's task root
+                    self.healthy = False
+                    delay = max(
+                        exc.delay if isinstance(exc, TransientError) else 0.0,
+                        self.backoff.delay(attempt),
+                    )
+                    attempt += 1
+                    log.warning(
+                        "sync failed (%s: %s); retrying in %.1fs",
+                        type(exc).__name__, exc, delay,
+                        exc_info=not isinstance(exc, TransientError | PermanentError),
+                    )  # fmt: skip
+                    await self._error(f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(delay)
+
+    async def _mark(self, status: str, reason: str) -> None:
+        async with self.pool.acquire() as conn:
+            await accounts.set_status(conn, account_id=self.record.id, status=status, reason=reason)
+            await accounts.set_sync_state(
+                conn, account_id=self.record.id, state="stopped", last_error=reason
+            )
+
+    async def _error(self, message: str) -> None:
+        async with self.pool.acquire() as conn:
+            await accounts.set_sync_state(
+                conn, account_id=self.record.id, state="error", last_error=message[:500]
+            )

@@ -1,0 +1,54 @@
+"""New mail reaches PostgreSQL within 2 s of delivery (p95), with NOTIFY and with IDLE."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import pytest
+
+from mailish.store.connecting import Pool
+from tests.harness.dovecot import Dovecot
+from tests.integration.conftest import Linked
+
+DELIVERIES = 12
+
+
+async def wait_for_subject(pool: Pool, account_id: object, subject: str, limit: float) -> float:
+    started = time.monotonic()
+    async with pool.acquire() as conn:
+        while time.monotonic() - started < limit:
+            found = await conn.fetchval(
+                "SELECT 1 FROM messages WHERE account_id=$1 AND subject=$2", account_id, subject
+            )
+            if found:
+                return time.monotonic() - started
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"{subject!r} not synced within {limit}s")
+
+
+@pytest.mark.parametrize("use_notify", [True, False], ids=["notify", "idle"])
+async def test_new_mail_appears_within_two_seconds(
+    db_pool: Pool, dovecot: Dovecot, linked: Linked, use_notify: bool
+) -> None:
+    dovecot.load_maildir(linked.user, 20)
+    sync = linked.sync(db_pool, use_notify=use_notify, poll_interval=30.0)
+    task = asyncio.create_task(sync.run())
+    try:
+        await asyncio.wait_for(sync.synced.wait(), 20)
+        latencies = []
+        for i in range(DELIVERIES):
+            subject = f"fresh {use_notify} {i}"
+            raw = f"From: a@example.org\r\nSubject: {subject}\r\n\r\nbody {i}\r\n".encode()
+            await asyncio.to_thread(dovecot.deliver, linked.user, raw)  # returns once stored
+            latencies.append(await wait_for_subject(db_pool, linked.account_id, subject, 10.0))
+        p95 = statistics.quantiles(latencies, n=20)[-1]
+        print(
+            f"delivery to PostgreSQL ({'NOTIFY' if use_notify else 'IDLE'}): "
+            f"p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
+        )
+        assert p95 < 2.0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
