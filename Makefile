@@ -16,11 +16,11 @@ venv: $(STAMP)
 
 up: venv
 	@scripts/system-packages.sh run
-	$(BIN)/mailish up
+	$(BIN)/python -m devtools.demo
 
 lint: venv
-	$(BIN)/ruff check mailish tests bench
-	$(BIN)/ruff format --check mailish tests bench
+	$(BIN)/ruff check mailish tests bench devtools
+	$(BIN)/ruff format --check mailish tests bench devtools
 
 typecheck: venv
 	$(BIN)/mypy

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Install the Debian packages mailish needs, only when they are missing.
 # usage: scripts/system-packages.sh run|test
-#   run:  PostgreSQL server binaries (the embedded database of `mailish up`)
-#   test: the above plus Dovecot (IMAP), isync (mbsync, the benchmark peer) and openssl
+#   run:  PostgreSQL server binaries (the embedded database of `mailish up`) and Dovecot
+#         (the demo mailbox of `make up`)
+#   test: the above plus isync (mbsync, the benchmark peer) and openssl
 set -euo pipefail
 
 need=()
 have_pg() { ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1; }
 have_pg || need+=(postgresql)
+command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
 if [ "${1:-run}" = test ]; then
-  command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
   command -v mbsync >/dev/null 2>&1 || need+=(isync)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
 fi

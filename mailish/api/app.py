@@ -8,15 +8,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailish import __version__
-from mailish.api import health
+from mailish.api import health, mailboxes
 from mailish.api.state import ApiState
 from mailish.config import Settings
 from mailish.observability import metrics
 from mailish.store import connecting
 
 log = logging.getLogger(__name__)
+_ERROR_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
 
 def create_app(settings: Settings, *, dsn: str) -> FastAPI:
@@ -37,6 +40,16 @@ def create_app(settings: Settings, *, dsn: str) -> FastAPI:
 
     app = FastAPI(title="mailish", version=__version__, lifespan=lifespan)
     app.include_router(health.router)
+    app.include_router(mailboxes.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def flat_errors(request: Request, exc: StarletteHTTPException) -> Response:
+        """Errors are ``{"error": code, "detail": text}`` at the top level, always."""
+        if isinstance(exc.detail, dict):
+            body = exc.detail
+        else:
+            body = {"error": _ERROR_CODES.get(exc.status_code, "error"), "detail": exc.detail}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.middleware("http")
     async def observe_latency(

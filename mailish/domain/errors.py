@@ -1,6 +1,6 @@
 """The one error hierarchy.
 
-Adapters translate foreign exceptions (asyncpg, ssl, aioimaplib, httpx) into these at the
+Adapters translate foreign exceptions (asyncpg, ssl, aiosmtplib, httpx) into these at the
 boundary with ``raise ... from exc``; callers decide on retries by class alone:
 
 - ``TransientError`` — try again after ``delay`` seconds (network blips, 4xx SMTP replies).

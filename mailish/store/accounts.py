@@ -164,3 +164,12 @@ async def active_in_buckets(conn: Conn, *, buckets: list[BucketNo]) -> list[Acco
         )
         for r in await conn.fetch(ACTIVE_IN_BUCKETS, buckets)
     ]
+
+
+ADD_SYNCED = "UPDATE accounts SET messages_synced = messages_synced + $2 WHERE id = $1"
+
+
+async def add_synced(conn: Conn, *, account_id: AccountId, count: int) -> None:
+    """Cheap progress between full recounts (``refresh_progress`` corrects any drift)."""
+    if count:
+        await conn.execute(ADD_SYNCED, account_id, count)

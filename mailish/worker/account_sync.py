@@ -189,6 +189,14 @@ class AccountSync:
                         conn, account_id=self.account_id, folder_id=ids[path],
                         parent_path=spec.parent_path,
                     )  # fmt: skip
+            for mailbox in listed:  # LIST-STATUS gives totals before any folder is opened
+                path = _observed(mailbox, known=set()).folder.path
+                if "MESSAGES" in mailbox.status and path in ids:
+                    await folders.set_server_exists(
+                        conn, account_id=self.account_id, folder_id=ids[path],
+                        exists=mailbox.status["MESSAGES"],
+                    )  # fmt: skip
+            await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
             result = await folders.list_folders(conn, account_id=self.account_id)
         if diff.created or diff.deleted or diff.renamed:
             log.info(

@@ -193,6 +193,7 @@ class FolderSync:
                     conn, account_id=self.account_id, modseq=await modseq.get(),
                     folder_id=self.folder.id,
                 )  # fmt: skip
+                await accounts.add_synced(conn, account_id=self.account_id, count=stored)  # type: ignore[arg-type]
             await folders.save_state(
                 conn, account_id=self.account_id, folder_id=self.folder.id, state=then
             )

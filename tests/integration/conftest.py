@@ -82,3 +82,41 @@ async def session(linked: Linked) -> AsyncIterator[ImapSession]:
     await session.enable_extensions()
     yield session
     await conn.logout()
+
+
+@dataclass
+class RunningApi:
+    base: str
+
+
+@pytest.fixture
+async def api(db_dsn: str) -> AsyncIterator[RunningApi]:
+    """The real app under a real uvicorn on a free loopback port."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from mailish.api.app import create_app
+    from mailish.config import load_settings
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(load_settings(api_port=port), dsn=db_dsn)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    server.capture_signals = _no_signals  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        assert not task.done(), task.result()
+        await asyncio.sleep(0.01)
+    yield RunningApi(f"http://127.0.0.1:{port}")
+    server.should_exit = True
+    await task
+    sock.close()
+
+
+def _no_signals():  # type: ignore[no-untyped-def]
+    import contextlib
+
+    return contextlib.nullcontext()

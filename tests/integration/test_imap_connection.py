@@ -241,3 +241,41 @@ async def test_starttls_stripping_is_refused_before_credentials(
         await ImapConnection.open(_starttls_settings(port))
     sent = b"".join(heard).upper()
     assert b"LOGIN" not in sent and b"AUTHENTICATE" not in sent
+
+
+async def test_modifying_commands(dovecot: Dovecot, test_ca: LocalCA, mail_user: MailUser) -> None:
+    """APPEND, STORE, MOVE, EXPUNGE, CREATE, RENAME, DELETE as the executor will use them."""
+    from mailish.domain.utf7 import encode_mailbox_name
+    from mailish.mail.imap.session import ImapSession
+
+    conn = await ImapConnection.open(settings_for(dovecot, test_ca, Security.TLS))
+    try:
+        await conn.login(PasswordLogin(mail_user.name, mail_user.password))
+        session = ImapSession(conn)
+        await session.enable_extensions()
+        projects = encode_mailbox_name("Проекты")
+        await session.create(projects)
+        raw = b"Subject: appended\r\n\r\nbody\r\n"
+        uid = await session.append("INBOX", raw, flags=["\\Seen"])
+        assert uid is not None
+        await session.select("INBOX", readonly=False)
+        await session.store_flags([uid], "+FLAGS.SILENT", ["\\Flagged"])
+        flags, _ = await session.fetch_flags(str(uid).encode())
+        assert flags[0].flags >= {"\\Seen", "\\Flagged"}
+        mapping = await session.move([uid], projects)
+        assert list(mapping) == [uid]
+        await session.select(projects, readonly=False)
+        moved = await session.fetch_messages([mapping[uid]])
+        assert moved[0].raw == raw
+        await session.store_flags([mapping[uid]], "+FLAGS.SILENT", ["\\Deleted"])
+        await session.expunge([mapping[uid]])
+        assert await session.search_uids(b"ALL") == []
+        await session.unselect()
+        await session.rename(projects, "Archive/2026")
+        names = {m.raw_name for m in await session.list_mailboxes()}
+        assert "Archive/2026" in names
+        await session.delete("Archive/2026")
+        names = {m.raw_name for m in await session.list_mailboxes()}
+        assert "Archive/2026" not in names
+    finally:
+        await conn.logout()

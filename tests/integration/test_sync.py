@@ -209,3 +209,55 @@ async def test_imap_looking_and_malformed_bodies_are_stored_byte_identical(
             )
         }
     assert "Тест" in subjects
+
+
+async def test_folder_renamed_and_deleted_while_a_pass_runs(
+    db_pool: Pool, dovecot: Dovecot, linked: Linked, session: ImapSession, test_ca: LocalCA
+) -> None:
+    import asyncio
+
+    from mailish.domain.errors import MailishError
+    from mailish.domain.logins import PasswordLogin
+    from mailish.mail.imap.connection import ImapConnection
+
+    dovecot.load_maildir(linked.user, 3000, folder="Big")
+    dovecot.load_maildir(linked.user, 50, seed=9, folder="Other")
+    sync = linked.sync(db_pool, batch=50)
+    running = asyncio.create_task(sync.sync_all(session))
+    async with db_pool.acquire() as conn:
+        async with asyncio.timeout(30):
+            while not await conn.fetchval(
+                "SELECT count(*) FROM messages m JOIN folders f ON f.id = m.folder_id "
+                "WHERE f.account_id=$1 AND f.path='Big'",
+                linked.account_id,
+            ):
+                await asyncio.sleep(0.01)
+        big_id = await conn.fetchval(
+            "SELECT id FROM folders WHERE account_id=$1 AND path='Big'", linked.account_id
+        )
+    await asyncio.to_thread(
+        dovecot.doveadm, "mailbox", "rename", "-u", linked.user.name, "Big", "Bigger"
+    )
+    await asyncio.to_thread(dovecot.doveadm, "mailbox", "delete", "-u", linked.user.name, "Other")
+    try:
+        await running
+    except MailishError:
+        pass  # the server may drop the session; the worker would reconnect
+    conn2 = await ImapConnection.open(linked.imap)
+    await conn2.login(PasswordLogin(linked.user.name, linked.user.password))
+    from mailish.mail.imap.session import ImapSession as Session
+
+    fresh = Session(conn2)
+    await fresh.enable_extensions()
+    try:
+        await sync.sync_all(fresh)
+        await sync.sync_all(fresh)
+    finally:
+        await conn2.logout()
+    await assert_converged(db_pool, dovecot, linked, test_ca)
+    async with db_pool.acquire() as conn:
+        paths = dict(
+            await conn.fetch("SELECT path, id FROM folders WHERE account_id=$1", linked.account_id)
+        )
+    assert paths["Bigger"] == big_id
+    assert "Other" not in paths

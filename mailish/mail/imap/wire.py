@@ -241,7 +241,7 @@ def literal_size(line: bytes, *, limit: int) -> int | None:
 
 
 def quote(text: str) -> bytes:
-    """An IMAP quoted string; callers send a literal instead when this returns None."""
+    """An IMAP quoted string; raises ValueError when only a literal can carry ``text``."""
     encoded = text.encode("utf-8")
     if any(b in encoded for b in (b"\r", b"\n", b"\x00")) or not encoded.isascii():
         raise ValueError("needs a literal")

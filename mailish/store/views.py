@@ -1,0 +1,32 @@
+"""Read queries behind the API, always scoped by account id."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from mailish.store.connecting import Conn
+
+ACCOUNT = """
+SELECT email, status, sync_state, messages_synced, messages_total, folders_synced,
+    folders_total, last_error
+FROM accounts WHERE id = $1
+"""
+STATE = "SELECT modseq FROM accounts WHERE id = $1"
+FOLDERS = """
+SELECT id, name, path, parent_id, role, total, unread FROM folders
+WHERE account_id = $1 ORDER BY path
+"""
+
+
+async def account(conn: Conn, *, account_id: UUID) -> Any:
+    return await conn.fetchrow(ACCOUNT, account_id)
+
+
+async def state(conn: Conn, *, account_id: UUID) -> int:
+    value = await conn.fetchval(STATE, account_id)
+    return int(value or 0)
+
+
+async def folders(conn: Conn, *, account_id: UUID) -> list[Any]:
+    return list(await conn.fetch(FOLDERS, account_id))
