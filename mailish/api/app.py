@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailish import __version__
-from mailish.api import health, mailboxes
+from mailish.api import changes, health, linking, mailboxes, messages, operations
 from mailish.api.state import ApiState
 from mailish.config import Settings
 from mailish.observability import metrics
@@ -41,6 +41,10 @@ def create_app(settings: Settings, *, dsn: str) -> FastAPI:
     app = FastAPI(title="mailish", version=__version__, lifespan=lifespan)
     app.include_router(health.router)
     app.include_router(mailboxes.router)
+    app.include_router(messages.router)
+    app.include_router(changes.router)
+    app.include_router(operations.router)
+    app.include_router(linking.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def flat_errors(request: Request, exc: StarletteHTTPException) -> Response:
