@@ -29,11 +29,14 @@ class StoredFolder:
     selectable: bool
     state: FolderSyncState
     server_exists: int
+    pending_op: int | None = None
+    deleting: bool = False
 
 
 LIST = """
 SELECT id, path, raw_name, name, delimiter, parent_id, role, selectable, uidvalidity, uidnext,
-       highestmodseq, sync_phase, initial_low_uid, resets, flagged_reason, server_exists
+       highestmodseq, sync_phase, initial_low_uid, resets, flagged_reason, server_exists,
+       pending_op, deleting
 FROM folders WHERE account_id = $1 ORDER BY path
 """
 INSERT = """
@@ -102,6 +105,8 @@ async def list_folders(conn: Conn, *, account_id: UUID) -> list[StoredFolder]:
             selectable=r["selectable"],
             state=_state(r),
             server_exists=r["server_exists"],
+            pending_op=r["pending_op"],
+            deleting=r["deleting"],
         )
         for r in rows
     ]

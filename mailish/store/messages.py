@@ -29,18 +29,32 @@ SELECT $1, b.sha, b.size, b.data
 FROM unnest($2::bytea[], $3::int[], $4::bytea[]) AS b(sha, size, data)
 ON CONFLICT (account_id, sha256) DO NOTHING
 """
+# A message the user moved away is still in its old folder on the server until the move is
+# applied; for sync it counts as present there (so it is not fetched again).
 PRESENT = """
 SELECT uid FROM messages WHERE folder_id = $1 AND uid = ANY($2::bigint[]) AND expunged_at IS NULL
+UNION ALL
+SELECT pending_from_uid FROM messages
+WHERE pending_from_folder = $1 AND pending_from_uid = ANY($2::bigint[])
 """
 LIVE_IN_RANGE = """
 SELECT uid FROM messages
 WHERE folder_id = $1 AND uid >= $2 AND uid < $3 AND expunged_at IS NULL
+UNION ALL
+SELECT pending_from_uid FROM messages
+WHERE pending_from_folder = $1 AND pending_from_uid >= $2 AND pending_from_uid < $3
 """
-COUNT_LIVE = "SELECT count(*) FROM messages WHERE folder_id = $1 AND expunged_at IS NULL"
+COUNT_LIVE = """
+SELECT (SELECT count(*) FROM messages WHERE folder_id = $1 AND expunged_at IS NULL AND uid > 0)
+     + (SELECT count(*) FROM messages WHERE pending_from_folder = $1)
+"""
+# Rows a newly seen message should take over instead of getting a new id: a tombstone (moved
+# by another client), or a row moved here by our own queued MOVE whose new UID is not known.
 TOMBSTONES_FOR = """
 SELECT DISTINCT ON (stable_id) id, stable_id FROM messages
-WHERE account_id = $1 AND expunged_at IS NOT NULL AND stable_id = ANY($2::text[])
-ORDER BY stable_id, expunged_at DESC
+WHERE account_id = $1 AND stable_id = ANY($2::text[])
+  AND (expunged_at IS NOT NULL OR (folder_id = $3 AND uid < 0 AND pending_from_folder IS NULL))
+ORDER BY stable_id, (expunged_at IS NULL) DESC, expunged_at DESC
 """
 ADOPT = """
 UPDATE messages SET folder_id = $3, uid = $4, flags = $5, seen = $6, flagged = $7,
@@ -146,7 +160,9 @@ async def store_batch(
     )  # fmt: skip
     tombstones = {
         r["stable_id"]: r["id"]
-        for r in await conn.fetch(TOMBSTONES_FOR, account_id, [m.stable_id for m in batch])
+        for r in await conn.fetch(
+            TOMBSTONES_FOR, account_id, [m.stable_id for m in batch], folder_id
+        )
     }
     adopted: list[int] = []
     fresh: list[SyncedMessage] = []

@@ -15,7 +15,7 @@ FROM accounts WHERE id = $1
 STATE = "SELECT modseq FROM accounts WHERE id = $1"
 FOLDERS = """
 SELECT id, name, path, parent_id, role, total, unread FROM folders
-WHERE account_id = $1 ORDER BY path
+WHERE account_id = $1 AND NOT deleting ORDER BY path
 """
 
 
@@ -30,3 +30,14 @@ async def state(conn: Conn, *, account_id: UUID) -> int:
 
 async def folders(conn: Conn, *, account_id: UUID) -> list[Any]:
     return list(await conn.fetch(FOLDERS, account_id))
+
+
+DELIMITER = """
+SELECT delimiter FROM folders WHERE account_id = $1 AND delimiter IS NOT NULL
+ORDER BY (role = 'inbox') DESC NULLS LAST LIMIT 1
+"""
+
+
+async def delimiter(conn: Conn, *, account_id: UUID) -> str | None:
+    value = await conn.fetchval(DELIMITER, account_id)
+    return str(value) if value is not None else None

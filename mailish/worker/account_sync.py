@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
+from typing import Final, Literal
 from uuid import UUID
 
 from mailish.domain import folders as domain_folders
@@ -28,6 +29,7 @@ from mailish.store import accounts, changes, claims, folders, messages
 from mailish.store.connecting import Pool
 from mailish.store.folders import FolderSpec, StoredFolder
 from mailish.worker.folder_sync import FolderSync
+from mailish.worker.operating import Executor
 
 log = logging.getLogger(__name__)
 ROLE_ORDER = [FolderRole.INBOX, FolderRole.SENT, FolderRole.DRAFTS, FolderRole.ARCHIVE,
@@ -61,6 +63,8 @@ class AccountSync:
     rounds: int = 0
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     _index_wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set (by the worker's LISTEN on ``mailish_ops``) when the API queued an operation.
+    ops_wanted: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         """Connect and sync until cancelled; errors propagate to the supervisor."""
@@ -99,17 +103,25 @@ class AccountSync:
         dirty: set[str] | None = None  # None: everything, including the folder list
         last_full = 0.0
         while True:
+            touched = await self.apply_operations(session)
             if dirty is None or loop.time() - last_full >= self.tuning.full_every:
                 await self.sync_all(session)
                 last_full = loop.time()
             else:
-                await self._sync_paths(session, dirty)
+                await self._sync_paths(session, dirty | touched)
             self.rounds += 1
             self.synced.set()
             await self._set_state("idle", None)
             dirty = await (self._wait_notify(session) if notify else self._wait_idle(session))
 
     # -- rounds --------------------------------------------------------------------------
+
+    async def apply_operations(self, session: ImapSession) -> set[str]:
+        """Apply queued user operations; returns folders (raw names) to re-sync after them."""
+        self.ops_wanted.clear()
+        executor = Executor(session, self.pool, self.lease, self.account_id)
+        await executor.apply_due()
+        return executor.touched
 
     async def sync_all(self, session: ImapSession) -> None:
         await self._set_state("syncing", None)
@@ -143,9 +155,12 @@ class AccountSync:
                 log.warning("folder pass failed: %s", exc)
 
     async def _mirror_folder_list(self, session: ImapSession) -> list[StoredFolder]:
-        listed = await session.list_mailboxes()
         async with self.pool.acquire() as conn:
             stored = await folders.list_folders(conn, account_id=self.account_id)
+        if any(f.pending_op is not None for f in stored):
+            # A queued create/rename/delete is in flight; mirror on the next round.
+            return [f for f in stored if not f.deleting]
+        listed = await session.list_mailboxes()
         old_paths = {f.path for f in stored}
         # A known path keeps its row even if its UIDVALIDITY changed: the folder's state
         # machine remaps that by stable id. UIDVALIDITY only matters for spotting renames.
@@ -242,6 +257,12 @@ class AccountSync:
         No mailbox stays selected while waiting: Dovecot reports changes to the selected
         mailbox only at command boundaries, but changes to the others at once (as STATUS).
         """
+        # Changes reported while folders were selected during the round cannot be tied to a
+        # folder any more (the selection moved on); they buy a full round, which is cheap
+        # with CONDSTORE/QRESYNC.
+        if any(_is_mailbox_event(e) for e in session.conn.unsolicited):
+            session.conn.unsolicited.clear()
+            return None
         await session.unselect()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.tuning.poll_interval
@@ -259,9 +280,12 @@ class AccountSync:
                 wait = deadline - loop.time()
                 if wait <= 0:
                     return None
-            arrived = await session.conn.wait_event(wait)
+            arrived = await self._event_or_ops(session, wait)
+            if arrived == _OPS:
+                return dirty if not relist else None
             if arrived is None:
                 return None if relist or not dirty else dirty
+            assert not isinstance(arrived, str)
             pending.append(arrived)
 
     async def _wait_idle(self, session: ImapSession) -> set[str] | None:
@@ -273,20 +297,43 @@ class AccountSync:
         limit = min(self.tuning.poll_interval, self.tuning.idle_limit)
         deadline = loop.time() + limit
         tag = await session.conn.idle_begin()
-        changed = False
+        changed = woken = False
         try:
             while not changed:
                 wait = deadline - loop.time()
                 if wait <= 0:
                     break
-                event = await session.conn.wait_event(wait)
-                if event is None:
+                event = await self._event_or_ops(session, wait)
+                if event is None or event == _OPS:
+                    woken = event == _OPS
                     break
                 changed = isinstance(event, wire.DataResponse) and event.kind in _MAILBOX_EVENTS
         finally:
             if not session.conn.closed:
                 await session.conn.idle_end(tag)
-        return {inbox} if changed else None
+        if changed:
+            return {inbox}
+        return set() if woken else None  # woken by an operation: apply it, no full round
+
+    async def _event_or_ops(
+        self, session: ImapSession, wait: float
+    ) -> wire.Response | Literal["ops"] | None:
+        """The next server event, None after ``wait`` seconds, or _OPS when the API queued an
+        operation. A read is only abandoned while no response has started arriving."""
+        if self.ops_wanted.is_set():
+            return _OPS
+        reading = asyncio.create_task(session.conn.wait_event(wait))
+        woken = asyncio.create_task(self.ops_wanted.wait())
+        try:
+            await asyncio.wait({reading, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            if not reading.done() and not session.conn.mid_event:
+                reading.cancel()
+            await asyncio.gather(woken, reading, return_exceptions=True)
+        if reading.cancelled():
+            return _OPS
+        return reading.result()
 
     async def _set_state(self, state: str, error: str | None) -> None:
         async with self.pool.acquire() as conn:
@@ -299,6 +346,11 @@ class AccountSync:
 
 
 _MAILBOX_EVENTS = frozenset({"EXISTS", "EXPUNGE", "FETCH", "VANISHED"})
+_OPS: Final = "ops"
+
+
+def _is_mailbox_event(event: wire.Response) -> bool:
+    return isinstance(event, wire.DataResponse) and event.kind in _MAILBOX_EVENTS
 
 
 def _classify(event: wire.Response, selected: str | None, dirty: set[str]) -> bool:
@@ -337,6 +389,8 @@ def _spec(folder: ListedFolder, role: FolderRole | None) -> FolderSpec:
 
 
 def _in_sync_order(stored: list[StoredFolder]) -> list[StoredFolder]:
+    stored = [f for f in stored if not f.deleting]
+
     def key(folder: StoredFolder) -> tuple[int, str]:
         rank = ROLE_ORDER.index(folder.role) if folder.role in ROLE_ORDER else len(ROLE_ORDER)
         return rank, folder.path

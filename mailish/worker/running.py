@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass, field
+
+import asyncpg
 
 from mailish.domain.buckets import BucketLease
 from mailish.domain.ids import AccountId, BucketNo
@@ -25,13 +28,13 @@ from mailish.mail.credentials import KeyRing
 from mailish.mail.policy import ConnectionPolicy
 from mailish.observability import metrics
 from mailish.observability.logs import bind
-from mailish.store import accounts, claims
+from mailish.store import accounts, claims, operations
 from mailish.store.accounts import AccountRecord
-from mailish.store.connecting import Pool
+from mailish.store.connecting import Conn, Pool
 from mailish.worker.account_runner import AccountRunner
 from mailish.worker.account_sync import SyncTuning
 from mailish.worker.assigning import Assigner
-from mailish.worker.supervising import supervise
+from mailish.worker.supervising import Backoff, supervise
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class Worker:
         self._policy = policy or ConnectionPolicy()
         self._tuning = tuning or WorkerTuning()
         self._accounts: dict[AccountId, tuple[AccountRunner, asyncio.Task[None]]] = {}
+        self._backoff = Backoff(initial=0.5, maximum=10.0)
         self._runners: dict[BucketNo, tuple[BucketLease, asyncio.Task[None]]] = {}
         self._claimed: dict[BucketNo, BucketLease] = {}
         self.changed = asyncio.Event()
@@ -72,6 +76,7 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._follow_assignments(), name="worker-assignments")
                 group.create_task(self._audit(), name="worker-audit")
+                group.create_task(self._listen_for_operations(), name="worker-ops-listener")
         finally:
             await self._stop_all()
 
@@ -124,6 +129,36 @@ class Worker:
             await self.reconcile_accounts()
             await self.refresh_missing_users()
             await asyncio.sleep(self._tuning.audit_interval)
+
+    async def _listen_for_operations(self) -> None:
+        """One LISTEN connection wakes the account loop the API just queued work for."""
+
+        def wake(_conn: Conn, _pid: int, _channel: str, payload: object) -> None:
+            try:
+                entry = self._accounts.get(AccountId(uuid.UUID(str(payload))))
+            except ValueError:
+                return
+            if entry is not None and entry[0].sync is not None:
+                entry[0].sync.ops_wanted.set()
+
+        attempt = 0
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    closed = asyncio.Event()
+                    conn.add_termination_listener(lambda _c, done=closed: done.set())
+                    await conn.add_listener(operations.CHANNEL, wake)
+                    attempt = 0
+                    try:
+                        await closed.wait()
+                    finally:
+                        if not conn.is_closed():
+                            await conn.remove_listener(operations.CHANNEL, wake)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log.warning("operations listener lost (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
 
     def runner(self, account_id: AccountId) -> AccountRunner | None:
         entry = self._accounts.get(account_id)

@@ -98,6 +98,7 @@ class ImapConnection:
         self.capabilities: frozenset[str] = frozenset()
         self.unsolicited: deque[wire.Response] = deque(maxlen=100_000)
         self.authenticated = False
+        self.mid_event = False
         self._lock = asyncio.Lock()
 
     # -- opening -------------------------------------------------------------------------
@@ -337,9 +338,9 @@ class ImapConnection:
     async def wait_event(self, wait: float) -> wire.Response | None:
         """Wait up to ``wait`` seconds for one unsolicited response (NOTIFY, IDLE, EXISTS).
 
-        ``readuntil`` consumes nothing until a whole line is there, so timing out here never
-        loses half a response; once a line has arrived, the rest is read under the normal
-        deadline.
+        ``readuntil`` consumes nothing until a whole line is there, so timing out (or being
+        cancelled) while waiting never loses half a response; once a line has arrived,
+        ``mid_event`` is true and the caller must let the read finish instead of cancelling.
         """
         async with self._lock:
             try:
@@ -352,7 +353,11 @@ class ImapConnection:
             except (ConnectionError, ssl.SSLError) as exc:
                 self.abort()
                 raise ConnectionLost(f"IMAP connection lost ({exc})") from exc
-            response = wire.parse(await self._read_response(first))
+            self.mid_event = True  # from here on, cancelling would lose protocol sync
+            try:
+                response = wire.parse(await self._read_response(first))
+            finally:
+                self.mid_event = False
             if isinstance(response, wire.StatusResponse) and response.status == "BYE":
                 self.abort()
                 raise ConnectionLost(f"IMAP server closed the connection: {response.text}")

@@ -70,6 +70,8 @@ CREATE TABLE folders (
     resets          integer NOT NULL DEFAULT 0,
     flagged_reason  text,                   -- set when a breaker trips; sync skips the folder
     server_exists   integer NOT NULL DEFAULT 0, -- messages on the server at the last SELECT
+    pending_op      bigint,                 -- a queued create/rename/delete not yet on IMAP
+    deleting        boolean NOT NULL DEFAULT false, -- hidden while its DELETE is queued
     total           integer NOT NULL DEFAULT 0,
     unread          integer NOT NULL DEFAULT 0,
     created_at      timestamptz NOT NULL DEFAULT now(),
@@ -93,7 +95,8 @@ CREATE TABLE messages (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account_id      uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
     folder_id       bigint NOT NULL,
-    uid             bigint NOT NULL CHECK (uid > 0),
+    -- Server UID; negative (-id) while a move queued by the user has not reached the server.
+    uid             bigint NOT NULL CHECK (uid <> 0),
     -- Survives moves and UIDVALIDITY resets: EMAILID (RFC 8474), else X-GM-MSGID, else a
     -- content key derived from the raw bytes.
     stable_id       text NOT NULL,
@@ -124,6 +127,10 @@ CREATE TABLE messages (
     -- Set when the server expunged it. The row lingers briefly as a tombstone so that a move
     -- (expunge here, appear there) keeps the message's id; sync purges old tombstones.
     expunged_at     timestamptz,
+    -- Where a message moved by the user (applied locally, queued for IMAP) still is on the
+    -- server; sync treats it as present there until the operation is applied or reverted.
+    pending_from_folder bigint,
+    pending_from_uid    bigint,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     FOREIGN KEY (account_id, folder_id) REFERENCES folders (account_id, id) ON DELETE CASCADE,
