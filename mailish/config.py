@@ -71,6 +71,14 @@ class Settings(BaseSettings):
         default=60.0, gt=0, le=3600, description="Seconds between polls of non-pushed folders."
     )
     imap_timeout: float = Field(default=30.0, gt=0, le=600)
+    changes_retention_days: float = Field(
+        default=30.0, gt=0, description="How long /v1/changes can look back."
+    )
+    api_max_body: int = Field(
+        default=1 << 20, ge=1024, le=1 << 30, description="Largest request body, in bytes."
+    )
+    api_rate: float = Field(default=20.0, gt=0, description="Requests per second per token.")
+    api_burst: int = Field(default=100, ge=1, description="Requests a token may burst.")
     db_pool_min: int = Field(default=1, ge=0, le=100)
     db_pool_max: int = Field(default=10, ge=1, le=1000)
     db_connect_timeout: float = Field(default=10.0, gt=0, le=300)

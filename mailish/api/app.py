@@ -8,21 +8,36 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailish import __version__
-from mailish.api import changes, health, linking, mailboxes, messages, operations
+from mailish.api import (
+    changes,
+    events,
+    health,
+    limits,
+    linking,
+    mailboxes,
+    messages,
+    operations,
+    push,
+)
 from mailish.api.state import ApiState
 from mailish.config import Settings
+from mailish.mail.credentials import KeyRing
 from mailish.observability import metrics
 from mailish.store import connecting
 
 log = logging.getLogger(__name__)
-_ERROR_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+_ERROR_CODES = {
+    401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+    429: "rate_limited",
+}  # fmt: skip
 
 
-def create_app(settings: Settings, *, dsn: str) -> FastAPI:
+def create_app(settings: Settings, *, dsn: str, keyring: KeyRing | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await connecting.connect_pool(
@@ -31,10 +46,11 @@ def create_app(settings: Settings, *, dsn: str) -> FastAPI:
             max_size=settings.db_pool_max,
             connect_timeout=settings.db_connect_timeout,
         )
-        app.state.mailish = ApiState(settings=settings, pool=pool)
+        app.state.mailish = ApiState(settings=settings, pool=pool, keyring=keyring)
         log.info("api ready on %s:%s", settings.api_host, settings.api_port)
         try:
-            yield
+            async with events.fan_out(app, pool=pool, dsn=dsn):  # one LISTEN per process
+                yield
         finally:
             await pool.close()
 
@@ -43,6 +59,8 @@ def create_app(settings: Settings, *, dsn: str) -> FastAPI:
     app.include_router(mailboxes.router)
     app.include_router(messages.router)
     app.include_router(changes.router)
+    app.include_router(events.router)
+    app.include_router(push.router)
     app.include_router(operations.router)
     app.include_router(linking.router)
 
@@ -54,6 +72,18 @@ def create_app(settings: Settings, *, dsn: str) -> FastAPI:
         else:
             body = {"error": _ERROR_CODES.get(exc.status_code, "error"), "detail": exc.detail}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        """422 that names the offending field(s) in one readable line."""
+        fields = [".".join(str(p) for p in e["loc"] if p != "body") for e in exc.errors()]
+        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request"}
+        detail = f"{fields[0] or 'body'}: {first['msg']}" if fields else str(first["msg"])
+        return JSONResponse(
+            {"error": "invalid_request", "detail": detail, "fields": fields}, status_code=422
+        )
+
+    limits.install(app, settings)
 
     @app.middleware("http")
     async def observe_latency(

@@ -1,7 +1,89 @@
-"""Routes: filled in by the mobile API work (issue 4)."""
+"""Linking and unlinking accounts: ``POST /v1/accounts``, ``DELETE /v1/account``.
+
+Linking proves both logins before anything is written and answers with the first API token.
+Unlinking deletes the account row; every table cascades from it (tokens, mail, operations,
+outbox, push subscriptions), and the owning worker stops syncing at its next audit.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Literal
 
-router = APIRouter(prefix="/v1", tags=["mail"])
+from fastapi import APIRouter, HTTPException, Response, status
+from pydantic import BaseModel, Field, field_validator
+
+from mailish.api.auth import AccountIdDep
+from mailish.api.state import StateDep
+from mailish.domain.addresses import normalise_address
+from mailish.domain.endpoints import Endpoint, Security
+from mailish.mail.policy import ConnectionPolicy
+from mailish.services.linking import LinkError, LinkRequest, link
+from mailish.store import accounts
+
+router = APIRouter(prefix="/v1", tags=["accounts"])
+_STATUS = {"auth_failed": 401, "tls_failed": 502, "unreachable": 502, "invalid_settings": 422,
+           "already_linked": 409}  # fmt: skip
+
+
+class ServerSettings(BaseModel):
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    security: Literal["tls", "starttls", "plain"] = "tls"
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, Security(self.security))
+
+
+class LinkBody(BaseModel):
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=1, max_length=4096, repr=False)
+    username: str | None = Field(default=None, max_length=320)
+    display_name: str | None = Field(default=None, max_length=200)
+    imap: ServerSettings
+    smtp: ServerSettings
+
+    @field_validator("email")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return normalise_address(value)
+
+
+class LinkedOut(BaseModel):
+    account_id: str
+    token: str
+
+
+@router.post("/accounts", status_code=status.HTTP_201_CREATED, response_model=LinkedOut)
+async def link_account(body: LinkBody, state: StateDep) -> LinkedOut:
+    if state.keyring is None:
+        raise HTTPException(503, detail={"error": "unavailable", "detail": "no key ring"})
+    settings = state.settings
+    policy = ConnectionPolicy(
+        ca_files=settings.tls_ca_file,
+        allow_plaintext=settings.allow_plaintext,
+        allow_private_hosts=settings.allow_private_hosts,
+        timeout=settings.imap_timeout,
+    )
+    try:
+        request = LinkRequest(
+            email=body.email, password=body.password, imap=body.imap.endpoint(),
+            smtp=body.smtp.endpoint(), display_name=body.display_name, username=body.username,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise HTTPException(422, detail={"error": "invalid_settings", "detail": str(exc)}) from None
+    try:
+        linked = await link(
+            state.pool, request, keyring=state.keyring, policy=policy, buckets=settings.buckets
+        )
+    except LinkError as exc:
+        raise HTTPException(
+            _STATUS.get(exc.code, 400), detail={"error": exc.code, "detail": exc.detail}
+        ) from None
+    return LinkedOut(account_id=str(linked.account_id), token=linked.token)
+
+
+@router.delete("/account", status_code=status.HTTP_204_NO_CONTENT)
+async def unlink_account(account_id: AccountIdDep, state: StateDep) -> Response:
+    async with state.pool.acquire() as conn:
+        await accounts.delete(conn, account_id=account_id)  # type: ignore[arg-type]
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

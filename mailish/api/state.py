@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from mailish.config import Settings
+from mailish.mail.credentials import KeyRing
 from mailish.store.connecting import Pool
 
 
@@ -15,6 +16,7 @@ from mailish.store.connecting import Pool
 class ApiState:
     settings: Settings
     pool: Pool
+    keyring: KeyRing | None = None
 
 
 def _state(request: Request) -> ApiState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 
@@ -14,7 +15,7 @@ from mailish.cli.keys import keyring
 from mailish.cli.serving import ApiServer
 from mailish.config import Settings
 from mailish.domain.errors import ConfigError
-from mailish.store import connecting
+from mailish.store import connecting, migrating
 from mailish.worker.account_sync import SyncTuning
 from mailish.worker.assigning import StaticAssigner
 from mailish.worker.running import Worker, WorkerTuning
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 async def up(settings: Settings, _args: argparse.Namespace) -> int:
     async with stop_on_signals() as stop, database(settings) as dsn:
         await migrate_to_latest(dsn, settings)
-        api = ApiServer(create_app(settings, dsn=dsn), settings)
+        ring = keyring(settings, local=True)
+        api = ApiServer(create_app(settings, dsn=dsn, keyring=ring), settings)
         api.bind()
         pool = await connecting.connect_pool(dsn, min_size=1, max_size=settings.db_pool_max)
         try:
@@ -35,9 +37,10 @@ async def up(settings: Settings, _args: argparse.Namespace) -> int:
                 assigner=StaticAssigner(
                     buckets=settings.buckets, owner=settings.worker_id, epoch=epoch
                 ),
-                keyring=keyring(settings, local=True),
+                keyring=ring,
                 policy=policy_from(settings),
                 tuning=worker_tuning(settings),
+                dsn=dsn,
             )
             print(
                 f"mailish is up: API http://{settings.api_host}:{api.port} "
@@ -54,8 +57,10 @@ async def up(settings: Settings, _args: argparse.Namespace) -> int:
 
 async def api(settings: Settings, _args: argparse.Namespace) -> int:
     dsn = _required_dsn(settings)
+    ring = keyring(settings, local=False)
+    await _check_schema(dsn, settings)
     async with stop_on_signals() as stop:
-        server = ApiServer(create_app(settings, dsn=dsn), settings)
+        server = ApiServer(create_app(settings, dsn=dsn, keyring=ring), settings)
         server.bind()
         await run_jobs(stop, [Job("api", server.serve, server.stop)])
     return 0
@@ -63,6 +68,8 @@ async def api(settings: Settings, _args: argparse.Namespace) -> int:
 
 async def worker(settings: Settings, _args: argparse.Namespace) -> int:
     dsn = _required_dsn(settings)
+    ring = keyring(settings, local=False)
+    await _check_schema(dsn, settings)
     async with stop_on_signals() as stop:
         pool = await connecting.connect_pool(dsn, min_size=1, max_size=settings.db_pool_max)
         try:
@@ -73,9 +80,10 @@ async def worker(settings: Settings, _args: argparse.Namespace) -> int:
             worker = Worker(
                 pool=pool,
                 assigner=assigner,
-                keyring=keyring(settings, local=False),
+                keyring=ring,
                 policy=policy_from(settings),
                 tuning=worker_tuning(settings),
+                dsn=dsn,
             )
             await run_jobs(stop, [Job("worker", worker.run)])
         finally:
@@ -100,8 +108,20 @@ async def migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 def worker_tuning(settings: Settings) -> WorkerTuning:
     return WorkerTuning(
-        sync=SyncTuning(batch=settings.sync_batch, poll_interval=settings.sync_poll_interval)
+        sync=SyncTuning(
+            batch=settings.sync_batch,
+            poll_interval=settings.sync_poll_interval,
+            changes_retention=dt.timedelta(days=settings.changes_retention_days),
+        )
     )
+
+
+async def _check_schema(dsn: str, settings: Settings) -> None:
+    conn = await connecting.connect(dsn, connect_timeout=settings.db_connect_timeout)
+    try:
+        await migrating.require_current(conn)
+    finally:
+        await conn.close()
 
 
 def _required_dsn(settings: Settings) -> str:

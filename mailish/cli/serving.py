@@ -27,6 +27,7 @@ class _EmbeddedServer(uvicorn.Server):
 class ApiServer:
     def __init__(self, app: FastAPI, settings: Settings) -> None:
         self._settings = settings
+        self._app = app
         config = uvicorn.Config(
             app,
             host=settings.api_host,
@@ -50,8 +51,10 @@ class ApiServer:
         host, port = self._settings.api_host, self._settings.api_port
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-            family, kind, proto, _, address = infos[0]
-            sock = socket.socket(family, kind, proto)
+            family, kind, _, _, address = infos[0]
+            # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto
+            # says TCP; without it keep-alive requests stall ~40 ms on delayed ACKs.
+            sock = socket.socket(family, kind, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
         except OSError as exc:
@@ -72,4 +75,7 @@ class ApiServer:
             raise ConfigError("the API failed to start (see the log above)")
 
     def stop(self) -> None:
+        events = getattr(self._app.state, "mailish_events", None)
+        if events is not None:
+            events.close()  # end open SSE streams now, not at the graceful-shutdown timeout
         self._server.should_exit = True

@@ -173,3 +173,11 @@ async def add_synced(conn: Conn, *, account_id: AccountId, count: int) -> None:
     """Cheap progress between full recounts (``refresh_progress`` corrects any drift)."""
     if count:
         await conn.execute(ADD_SYNCED, account_id, count)
+
+
+DELETE = "DELETE FROM accounts WHERE id = $1"
+
+
+async def delete(conn: Conn, *, account_id: AccountId) -> None:
+    """Unlink: every table cascades from accounts (tokens, mail, queue, push devices)."""
+    await conn.execute(DELETE, account_id)

@@ -94,3 +94,18 @@ async def current_version(conn: Conn) -> int:
     if not exists:
         return 0
     return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+
+async def require_current(conn: Conn) -> None:
+    """Refuse to run against a database whose schema is older (or newer) than this code."""
+    have, want = await current_version(conn), len(bundled_migrations())
+    if have < want:
+        raise ConfigError(
+            f"database schema is at version {have}, this mailish needs {want}: "
+            "run `mailish migrate` first"
+        )
+    if have > want:
+        raise ConfigError(
+            f"database schema is at version {have}, newer than this mailish ({want}); "
+            "upgrade mailish"
+        )

@@ -23,6 +23,7 @@ from mailish.store import accounts
 from mailish.store.accounts import AccountRecord
 from mailish.store.connecting import Pool
 from mailish.worker.account_sync import AccountSync, SyncTuning
+from mailish.worker.pushing import Pusher
 from mailish.worker.supervising import Backoff
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class AccountRunner:
     backoff: Backoff = field(default_factory=Backoff)
     healthy: bool = False
     sync: AccountSync | None = None
+    pusher: Pusher | None = None
 
     async def run(self) -> None:
         """Sync until cancelled, fenced, or the credentials are refused."""
@@ -85,6 +87,8 @@ class AccountRunner:
                     self.healthy = False
                     log.warning("login refused; account needs new credentials: %s", exc)
                     await self._mark("auth_invalid", str(exc))
+                    if self.pusher is not None:
+                        await self.pusher.reauth_required(self.record.id)
                     return
                 except asyncio.CancelledError:
                     raise

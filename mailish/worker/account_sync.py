@@ -50,6 +50,7 @@ class SyncTuning:
     debounce: float = 0.05
     use_notify: bool = True
     tombstone_ttl: dt.timedelta = dt.timedelta(minutes=10)
+    changes_retention: dt.timedelta = dt.timedelta(days=30)
 
 
 @dataclass
@@ -131,6 +132,9 @@ class AccountSync:
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
             await messages.purge_tombstones(
                 conn, account_id=self.account_id, older_than=self.tuning.tombstone_ttl
+            )
+            await changes.trim(
+                conn, account_id=self.account_id, older_than=self.tuning.changes_retention
             )
             await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
 

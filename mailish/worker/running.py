@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
+import httpx
 
 from mailish.domain.buckets import BucketLease
 from mailish.domain.ids import AccountId, BucketNo
@@ -34,6 +35,7 @@ from mailish.store.connecting import Conn, Pool
 from mailish.worker.account_runner import AccountRunner
 from mailish.worker.account_sync import SyncTuning
 from mailish.worker.assigning import Assigner
+from mailish.worker.pushing import Pusher
 from mailish.worker.supervising import Backoff, supervise
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class Worker:
         keyring: KeyRing | None = None,
         policy: ConnectionPolicy | None = None,
         tuning: WorkerTuning | None = None,
+        dsn: str | None = None,
     ):
         self._pool = pool
         self._assigner = assigner
@@ -62,6 +65,8 @@ class Worker:
         self._tuning = tuning or WorkerTuning()
         self._accounts: dict[AccountId, tuple[AccountRunner, asyncio.Task[None]]] = {}
         self._backoff = Backoff(initial=0.5, maximum=10.0)
+        self._dsn = dsn  # enables device push (the Pusher LISTENs on its own connection)
+        self.pusher: Pusher | None = None
         self._runners: dict[BucketNo, tuple[BucketLease, asyncio.Task[None]]] = {}
         self._claimed: dict[BucketNo, BucketLease] = {}
         self.changed = asyncio.Event()
@@ -72,8 +77,20 @@ class Worker:
         return frozenset(self._claimed.values())
 
     async def run(self) -> None:
+        async with httpx.AsyncClient() as http:
+            if self._dsn is not None:
+                self.pusher = Pusher(
+                    pool=self._pool, dsn=self._dsn, http=http,
+                    owns=lambda account: self.runner(AccountId(account)) is not None,
+                    allow_private_hosts=self._policy.allow_private_hosts,
+                )  # fmt: skip
+            await self._run()
+
+    async def _run(self) -> None:
         try:
             async with asyncio.TaskGroup() as group:
+                if self.pusher is not None:
+                    group.create_task(self.pusher.run(), name="worker-pusher")
                 group.create_task(self._follow_assignments(), name="worker-assignments")
                 group.create_task(self._audit(), name="worker-audit")
                 group.create_task(self._listen_for_operations(), name="worker-ops-listener")
@@ -189,6 +206,7 @@ class Worker:
             runner = AccountRunner(
                 pool=self._pool, lease=held[record.bucket], record=record,
                 keyring=self._keyring, policy=self._policy, tuning=self._tuning.sync,
+                pusher=self.pusher,
             )  # fmt: skip
             task = asyncio.create_task(runner.run(), name=f"account-{account_id}")
             self._accounts[account_id] = (runner, task)

@@ -158,17 +158,41 @@ def test_missing_postgres_binaries_name_the_fix(data_dir: Path) -> None:
     assert_one_line_error(result, "apt-get install postgresql", "MAILISH_DATABASE_URL")
 
 
-def test_port_in_use_is_one_line(data_dir: Path, pg_server) -> None:  # type: ignore[no-untyped-def]
+async def test_port_in_use_is_one_line(db_dsn: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = clean_env(MAILISH_API_PORT=str(port), MAILISH_DATABASE_URL=pg_server.admin_dsn)
+        env = clean_env(
+            MAILISH_API_PORT=str(port),
+            MAILISH_DATABASE_URL=db_dsn,
+            MAILISH_SECRET_KEYS=run("keys", "new", env=clean_env()).stdout.strip(),
+        )
         result = run("api", env=env)
     assert_one_line_error(result, "MAILISH_API_PORT")
 
 
-@pytest.mark.parametrize("command", ["up", "api", "worker", "operator", "migrate"])
+def test_api_and_worker_refuse_bad_setups_in_one_line(empty_db_dsn: str) -> None:
+    keys = run("keys", "new", env=clean_env()).stdout.strip()
+    for command in ("api", "worker"):
+        result = run(command, env=clean_env(MAILISH_DATABASE_URL=empty_db_dsn))
+        assert_one_line_error(result, "MAILISH_SECRET_KEYS", "mailish keys new")
+        unmigrated = clean_env(MAILISH_DATABASE_URL=empty_db_dsn, MAILISH_SECRET_KEYS=keys)
+        assert_one_line_error(run(command, env=unmigrated), "mailish migrate")
+
+
+def test_keys_new_prints_a_usable_key() -> None:
+    from mailish.mail.credentials import KeyRing
+
+    line = run("keys", "new", "--id", "k1", env=clean_env()).stdout.strip()
+    ring = KeyRing.parse(line)
+    assert ring.primary == "k1"
+    assert len(ring.keys["k1"]) == 32
+
+
+@pytest.mark.parametrize(
+    "command", ["up", "api", "worker", "operator", "migrate", "accounts", "keys"]
+)
 def test_every_command_has_help(command: str) -> None:
     result = run(command, "--help", env=clean_env())
     assert result.returncode == 0

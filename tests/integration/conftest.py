@@ -3,6 +3,7 @@ account linked to a fresh Dovecot user."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -89,8 +90,10 @@ class RunningApi:
     base: str
 
 
-@pytest.fixture
-async def api(db_dsn: str) -> AsyncIterator[RunningApi]:
+@contextlib.asynccontextmanager
+async def serve(
+    db_dsn: str, keyring: KeyRing, ca: LocalCA, **overrides: object
+) -> AsyncIterator[RunningApi]:
     """The real app under a real uvicorn on a free loopback port."""
     import asyncio
     import socket
@@ -100,23 +103,31 @@ async def api(db_dsn: str) -> AsyncIterator[RunningApi]:
     from mailish.api.app import create_app
     from mailish.config import load_settings
 
-    sock = socket.socket()
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets whose proto says TCP,
+    # and without it every keep-alive request waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_app(load_settings(api_port=port), dsn=db_dsn)
+    options: dict[str, object] = {
+        "api_port": port, "tls_ca_file": (ca.ca_file,), "allow_private_hosts": True,
+        "api_burst": 1000, **overrides,
+    }  # fmt: skip
+    app = create_app(load_settings(**options), dsn=db_dsn, keyring=keyring)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-    server.capture_signals = _no_signals  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        assert not task.done(), task.result()
-        await asyncio.sleep(0.01)
-    yield RunningApi(f"http://127.0.0.1:{port}")
-    server.should_exit = True
-    await task
-    sock.close()
+    try:
+        while not server.started:
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.01)
+        yield RunningApi(f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
 
 
-def _no_signals():  # type: ignore[no-untyped-def]
-    import contextlib
-
-    return contextlib.nullcontext()
+@pytest.fixture
+async def api(db_dsn: str, keyring: KeyRing, test_ca: LocalCA) -> AsyncIterator[RunningApi]:
+    async with serve(db_dsn, keyring, test_ca) as running:
+        yield running

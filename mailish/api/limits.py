@@ -1,0 +1,113 @@
+"""Request limits: body size (413) and a per-token rate limit (429 with Retry-After).
+
+Both run as ASGI middleware before routing, so an oversized or flooding request costs no
+database work. The rate limiter is a token bucket per bearer token (keyed by a hash, never
+the token), held per api process: with N pods a client gets at most N times the rate, which
+is the usual trade for not putting a shared counter on every request's path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mailish.config import Settings
+
+MAX_TRACKED = 100_000
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()
+
+    def take(self, key: bytes, now: float | None = None) -> float:
+        """0 when allowed, else seconds until the next request would be."""
+        now = time.monotonic() if now is None else now
+        bucket = self._buckets.pop(key, None) or _Bucket(float(self.burst), now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+        self._buckets[key] = bucket
+        if len(self._buckets) > MAX_TRACKED:
+            self._buckets.popitem(last=False)
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / self.rate
+
+
+async def _reply(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), *headers]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+class LimitsMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body: int, limiter: RateLimiter) -> None:
+        self.app, self.max_body, self.limiter = app, max_body, limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            wait = self.limiter.take(hashlib.sha256(auth[7:].strip()).digest())
+            if wait:
+                retry = str(max(1, math.ceil(wait))).encode()
+                body = b'{"error":"rate_limited","detail":"too many requests"}'
+                await _reply(send, 429, body, [(b"retry-after", retry)])
+                return
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await _reply(send, 413, self._too_large(), [])
+            return
+        await self.app(scope, *self._bounded(receive, send))
+
+    def _too_large(self) -> bytes:
+        return b'{"error":"too_large","detail":"request body over %d bytes"}' % self.max_body
+
+    def _bounded(self, receive: Receive, send: Send) -> tuple[Receive, Send]:
+        """Enforce the limit on bodies without (or lying about) Content-Length: once over it,
+        answer 413 ourselves, tell the app the client went away, and drop what it sends."""
+        seen = 0
+        started = replied = False
+
+        async def bounded_receive() -> Message:
+            nonlocal seen, replied
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    if not started and not replied:
+                        replied = True
+                        await _reply(send, 413, self._too_large(), [])
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if replied:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        return bounded_receive, guarded_send
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    limiter = RateLimiter(settings.api_rate, settings.api_burst)
+    app.add_middleware(LimitsMiddleware, max_body=settings.api_max_body, limiter=limiter)
