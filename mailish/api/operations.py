@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
 from mailish.api.auth import AccountIdDep
+from mailish.api.messages import IdPath
 from mailish.api.state import PoolDep
 from mailish.observability import metrics
 from mailish.store import local_changes, operations
@@ -78,7 +79,7 @@ def _accepted(op: int | None) -> OperationAccepted:
     "/messages/{id}", status_code=status.HTTP_202_ACCEPTED, response_model=OperationAccepted
 )
 async def patch_message(
-    id: int, body: MessagePatch, account_id: AccountIdDep, pool: PoolDep
+    id: IdPath, body: MessagePatch, account_id: AccountIdDep, pool: PoolDep
 ) -> OperationAccepted:
     last: int | None = None
     async with _change(pool, "message") as conn:
@@ -99,7 +100,7 @@ async def patch_message(
 @router.delete(
     "/messages/{id}", status_code=status.HTTP_202_ACCEPTED, response_model=OperationAccepted
 )
-async def delete_message(id: int, account_id: AccountIdDep, pool: PoolDep) -> OperationAccepted:
+async def delete_message(id: IdPath, account_id: AccountIdDep, pool: PoolDep) -> OperationAccepted:
     async with _change(pool, "message") as conn:
         op = await local_changes.delete(conn, account_id=account_id, message_id=id)
     return _accepted(op)
@@ -126,7 +127,7 @@ async def create_folder(
     "/folders/{id}", status_code=status.HTTP_202_ACCEPTED, response_model=OperationAccepted
 )
 async def rename_folder(
-    id: int, body: FolderRename, account_id: AccountIdDep, pool: PoolDep
+    id: IdPath, body: FolderRename, account_id: AccountIdDep, pool: PoolDep
 ) -> OperationAccepted:
     async with _change(pool, "folder") as conn:
         op = await local_changes.rename_folder(
@@ -138,14 +139,16 @@ async def rename_folder(
 @router.delete(
     "/folders/{id}", status_code=status.HTTP_202_ACCEPTED, response_model=OperationAccepted
 )
-async def delete_folder(id: int, account_id: AccountIdDep, pool: PoolDep) -> OperationAccepted:
+async def delete_folder(id: IdPath, account_id: AccountIdDep, pool: PoolDep) -> OperationAccepted:
     async with _change(pool, "folder") as conn:
         op = await local_changes.delete_folder(conn, account_id=account_id, folder_id=id)
     return _accepted(op)
 
 
 @router.get("/operations/{operation_id}", response_model=OperationOut)
-async def get_operation(operation_id: int, account_id: AccountIdDep, pool: PoolDep) -> OperationOut:
+async def get_operation(
+    operation_id: IdPath, account_id: AccountIdDep, pool: PoolDep
+) -> OperationOut:
     async with pool.acquire() as conn:
         row = await operations.get(conn, account_id=account_id, operation_id=operation_id)
     if row is None:

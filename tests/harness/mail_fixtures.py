@@ -8,7 +8,10 @@ other's mail.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,10 +27,16 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCA:
 
 
 @pytest.fixture(scope="session")
-def dovecot(tmp_path_factory: pytest.TempPathFactory, test_ca: LocalCA) -> Iterator[Dovecot]:
-    """A running Dovecot for the whole session (stopped, with all children, at the end)."""
+def dovecot(test_ca: LocalCA) -> Iterator[Dovecot]:
+    """A running Dovecot for the whole session (stopped, with all children, at the end).
+
+    Its folder is not under pytest's tmp root: another pytest run on the same machine
+    resets that root to 0700, and Dovecot's mail user would lose access mid-run.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="mailish-test-dovecot-"))
+    folder.chmod(0o755)
     try:
-        server = Dovecot(tmp_path_factory.mktemp("dovecot"), test_ca)
+        server = Dovecot(folder, test_ca)
     except DovecotNotInstalledError as exc:
         pytest.fail(str(exc), pytrace=False)
     server.start()
@@ -35,6 +44,7 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory, test_ca: LocalCA) -> Itera
         yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
