@@ -158,6 +158,9 @@ API token for demo@localhost: {token}
   curl -s {base}/healthz
   curl -s -H 'Authorization: Bearer {token}' {base}/v1/account
   curl -s -H 'Authorization: Bearer {token}' {base}/v1/folders
+  curl -s -H 'Authorization: Bearer {token}' '{base}/v1/folders/3/messages?limit=5'
+  curl -s -H 'Authorization: Bearer {token}' '{base}/v1/search?q=Отчёт'
+  curl -sN -H 'Authorization: Bearer {token}' {base}/v1/events     # live updates
   curl -s {base}/metrics | grep -E '^(missing_users|shards_in_sync|store_errors)'
 
 Ctrl-C stops everything.""",
