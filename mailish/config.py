@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     api_max_body: int = Field(
         default=1 << 20, ge=1024, le=1 << 30, description="Largest request body, in bytes."
     )
+    max_message_size: int = Field(
+        default=25 * 1024 * 1024,
+        ge=1024,
+        le=1 << 30,
+        description="Largest message (and upload) mailish composes or accepts, in bytes.",
+    )
+    max_recipients: int = Field(default=100, ge=1, le=10_000)
+    presend_check_url: str | None = Field(
+        default=None, description="Optional HTTP service asked to approve each send."
+    )
     api_rate: float = Field(default=20.0, gt=0, description="Requests per second per token.")
     api_burst: int = Field(default=100, ge=1, description="Requests a token may burst.")
     db_pool_min: int = Field(default=1, ge=0, le=100)

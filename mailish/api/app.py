@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mailish import __version__
 from mailish.api import (
     changes,
+    drafts,
     events,
     health,
     limits,
@@ -23,6 +24,7 @@ from mailish.api import (
     messages,
     operations,
     push,
+    sending,
 )
 from mailish.api.state import ApiState
 from mailish.config import Settings
@@ -63,6 +65,8 @@ def create_app(settings: Settings, *, dsn: str, keyring: KeyRing | None = None) 
     app.include_router(push.router)
     app.include_router(operations.router)
     app.include_router(linking.router)
+    app.include_router(sending.router)
+    app.include_router(drafts.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def flat_errors(request: Request, exc: StarletteHTTPException) -> Response:

@@ -55,8 +55,16 @@ async def _reply(send: Send, status: int, body: bytes, headers: list[tuple[bytes
 
 
 class LimitsMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body: int, limiter: RateLimiter) -> None:
-        self.app, self.max_body, self.limiter = app, max_body, limiter
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        limiter: RateLimiter,
+        large: dict[str, int] | None = None,
+    ) -> None:
+        self.app, self.default_max_body, self.limiter = app, max_body, limiter
+        self.large = large or {}  # path → its own limit (uploads and sends carry messages)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,16 +79,14 @@ class LimitsMiddleware:
                 body = b'{"error":"rate_limited","detail":"too many requests"}'
                 await _reply(send, 429, body, [(b"retry-after", retry)])
                 return
+        limit = self.large.get(scope.get("path", ""), self.default_max_body)
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            await _reply(send, 413, self._too_large(), [])
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _reply(send, 413, _too_large(limit), [])
             return
-        await self.app(scope, *self._bounded(receive, send))
+        await self.app(scope, *self._bounded(receive, send, limit))
 
-    def _too_large(self) -> bytes:
-        return b'{"error":"too_large","detail":"request body over %d bytes"}' % self.max_body
-
-    def _bounded(self, receive: Receive, send: Send) -> tuple[Receive, Send]:
+    def _bounded(self, receive: Receive, send: Send, limit: int) -> tuple[Receive, Send]:
         """Enforce the limit on bodies without (or lying about) Content-Length: once over it,
         answer 413 ourselves, tell the app the client went away, and drop what it sends."""
         seen = 0
@@ -91,10 +97,10 @@ class LimitsMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
+                if seen > limit:
                     if not started and not replied:
                         replied = True
-                        await _reply(send, 413, self._too_large(), [])
+                        await _reply(send, 413, _too_large(limit), [])
                     return {"type": "http.disconnect"}
             return message
 
@@ -108,6 +114,17 @@ class LimitsMiddleware:
         return bounded_receive, guarded_send
 
 
+def _too_large(limit: int) -> bytes:
+    return b'{"error":"too_large","detail":"request body over %d bytes"}' % limit
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     limiter = RateLimiter(settings.api_rate, settings.api_burst)
-    app.add_middleware(LimitsMiddleware, max_body=settings.api_max_body, limiter=limiter)
+    # a message's worth plus encoding overhead (base64 in JSON, multipart framing)
+    large = settings.max_message_size * 4 // 3 + (1 << 20)
+    app.add_middleware(
+        LimitsMiddleware,
+        max_body=settings.api_max_body,
+        limiter=limiter,
+        large={"/v1/attachments": large, "/v1/send": large},
+    )

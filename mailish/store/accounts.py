@@ -181,3 +181,11 @@ DELETE = "DELETE FROM accounts WHERE id = $1"
 async def delete(conn: Conn, *, account_id: AccountId) -> None:
     """Unlink: every table cascades from accounts (tokens, mail, queue, push devices)."""
     await conn.execute(DELETE, account_id)
+
+
+DISPLAY_NAME = "SELECT display_name FROM accounts WHERE id = $1"
+
+
+async def display_name(conn: Conn, *, account_id: AccountId) -> str | None:
+    value = await conn.fetchval(DISPLAY_NAME, account_id)
+    return str(value) if value else None

@@ -113,6 +113,7 @@ DELETE FROM message_blobs b WHERE b.account_id = $1
   AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.account_id = $1 AND m.sha256 = b.sha256)
   AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.account_id = $1 AND u.sha256 = b.sha256)
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.account_id = $1 AND o.raw_sha256 = b.sha256)
+  AND NOT EXISTS (SELECT 1 FROM drafts d WHERE d.account_id = $1 AND d.raw_sha256 = b.sha256)
 """
 SHIFT_UIDS = """
 UPDATE messages SET uid = uid + $2 WHERE folder_id = $1 AND expunged_at IS NULL AND uid < $2

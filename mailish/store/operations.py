@@ -64,6 +64,11 @@ async def enqueue(
     return int(op_id)
 
 
+async def wake(conn: Conn, *, account_id: UUID) -> None:
+    """Wake the owning worker at commit (sends use the same channel as operations)."""
+    await conn.execute(WAKE, CHANNEL, str(account_id))
+
+
 async def due(conn: Conn, *, account_id: UUID, limit: int = 50) -> list[Operation]:
     return [
         Operation(r["id"], r["kind"], r["payload"], r["revert"], r["attempts"])

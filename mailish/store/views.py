@@ -41,3 +41,14 @@ ORDER BY (role = 'inbox') DESC NULLS LAST LIMIT 1
 async def delimiter(conn: Conn, *, account_id: UUID) -> str | None:
     value = await conn.fetchval(DELIMITER, account_id)
     return str(value) if value is not None else None
+
+
+ROLE_FOLDER = """
+SELECT raw_name FROM folders WHERE account_id = $1 AND role = $2 AND NOT deleting LIMIT 1
+"""
+
+
+async def role_folder(conn: Conn, *, account_id: UUID, role: str) -> str | None:
+    """The wire name of the account's folder with ``role`` (sent, drafts, trash...)."""
+    value = await conn.fetchval(ROLE_FOLDER, account_id, role)
+    return str(value) if value is not None else None

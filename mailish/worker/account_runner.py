@@ -18,6 +18,7 @@ from mailish.domain.logins import Login, OAuth2Login, PasswordLogin
 from mailish.mail.credentials import CredentialError, KeyRing
 from mailish.mail.imap.connection import ImapSettings
 from mailish.mail.policy import ConnectionPolicy
+from mailish.mail.smtp import SmtpSettings
 from mailish.observability.logs import bind
 from mailish.store import accounts
 from mailish.store.accounts import AccountRecord
@@ -42,6 +43,20 @@ def imap_settings(record: AccountRecord, policy: ConnectionPolicy) -> ImapSettin
         allow_private_hosts=policy.allow_private_hosts,
         timeout=policy.timeout,
     )
+
+
+def smtp_settings(record: AccountRecord, policy: ConnectionPolicy) -> SmtpSettings | None:
+    server = record.settings.get("smtp")
+    if not server:
+        return None
+    try:
+        endpoint = Endpoint(str(server["host"]), int(server["port"]), Security(server["security"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise PermanentError(f"account has no usable SMTP settings ({exc})") from exc
+    return SmtpSettings(
+        endpoint, ca_files=policy.ca_files, allow_plaintext=policy.allow_plaintext,
+        timeout=policy.timeout,
+    )  # fmt: skip
 
 
 def login_for(record: AccountRecord, keyring: KeyRing) -> Login:
@@ -76,6 +91,7 @@ class AccountRunner:
                     self.sync = AccountSync(
                         pool=self.pool, lease=self.lease, account_id=self.record.id,
                         imap=imap_settings(self.record, self.policy),
+                        smtp=smtp_settings(self.record, self.policy),
                         login=login_for(self.record, self.keyring), tuning=self.tuning,
                     )  # fmt: skip
                     self.healthy = True

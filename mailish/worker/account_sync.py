@@ -24,12 +24,14 @@ from mailish.domain.logins import Login
 from mailish.mail.imap import wire
 from mailish.mail.imap.connection import ImapConnection, ImapError, ImapSettings
 from mailish.mail.imap.session import ImapSession, ListedMailbox
+from mailish.mail.smtp import SmtpSettings
 from mailish.observability.logs import bind
 from mailish.store import accounts, changes, claims, folders, messages
 from mailish.store.connecting import Pool
 from mailish.store.folders import FolderSpec, StoredFolder
 from mailish.worker.folder_sync import FolderSync
 from mailish.worker.operating import Executor
+from mailish.worker.sending import Sender
 
 log = logging.getLogger(__name__)
 ROLE_ORDER = [FolderRole.INBOX, FolderRole.SENT, FolderRole.DRAFTS, FolderRole.ARCHIVE,
@@ -61,6 +63,7 @@ class AccountSync:
     imap: ImapSettings
     login: Login
     tuning: SyncTuning = field(default_factory=SyncTuning)
+    smtp: SmtpSettings | None = None
     rounds: int = 0
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     _index_wanted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -104,12 +107,16 @@ class AccountSync:
         dirty: set[str] | None = None  # None: everything, including the folder list
         last_full = 0.0
         while True:
-            touched = await self.apply_operations(session)
             if dirty is None or loop.time() - last_full >= self.tuning.full_every:
                 await self.sync_all(session)
                 last_full = loop.time()
-            else:
-                await self._sync_paths(session, dirty | touched)
+            elif dirty:
+                await self._sync_paths(session, dirty)
+            # After a sync, so folder roles (Sent, Trash) are known; what the operations and
+            # sends changed on the server is synced right away.
+            touched = await self.apply_operations(session)
+            if touched:
+                await self._sync_paths(session, touched)
             self.rounds += 1
             self.synced.set()
             await self._set_state("idle", None)
@@ -118,11 +125,14 @@ class AccountSync:
     # -- rounds --------------------------------------------------------------------------
 
     async def apply_operations(self, session: ImapSession) -> set[str]:
-        """Apply queued user operations; returns folders (raw names) to re-sync after them."""
+        """Apply queued user operations and send due mail; returns folders (raw names) to
+        re-sync after them."""
         self.ops_wanted.clear()
         executor = Executor(session, self.pool, self.lease, self.account_id)
         await executor.apply_due()
-        return executor.touched
+        sender = Sender(session, self.pool, self.lease, self.account_id, self.smtp, self.login)
+        await sender.send_due()
+        return executor.touched | sender.touched
 
     async def sync_all(self, session: ImapSession) -> None:
         await self._set_state("syncing", None)

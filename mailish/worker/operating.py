@@ -23,7 +23,7 @@ from mailish.domain.errors import MailishError, PermanentError
 from mailish.mail.imap.connection import ImapError
 from mailish.mail.imap.session import ImapSession
 from mailish.observability import metrics
-from mailish.store import claims, local_changes, operations
+from mailish.store import claims, drafts, local_changes, operations, views
 from mailish.store.connecting import Pool
 from mailish.worker.supervising import Backoff
 
@@ -110,6 +110,9 @@ class Executor:
                     await self.session.store_flags([row["uid"]], "+FLAGS.SILENT", ["\\Deleted"])
                     await self.session.expunge([row["uid"]])
             return
+        if op.kind in {"save_draft", "delete_draft"}:
+            await self._draft(op.kind, data["draft_id"])
+            return
         if op.kind not in {"create_folder", "rename_folder", "delete_folder"}:
             raise PermanentError(f"unknown operation kind {op.kind!r}")
         async with self.pool.acquire() as conn:
@@ -152,6 +155,31 @@ class Executor:
                 message_id=r["id"],
                 uid=new_uid,
             )
+
+    async def _draft(self, kind: str, draft_id: str) -> None:
+        """Save: APPEND the latest version, then remove every other copy with its
+        Message-ID (so a crash between the two leaves an extra copy, never none). Delete:
+        remove every copy."""
+        async with self.pool.acquire() as conn:
+            folder = await views.role_folder(conn, account_id=self.account_id, role="drafts")
+            latest = await drafts.get(conn, account_id=self.account_id, draft_id=draft_id)
+        if folder is None:
+            raise PermanentError("the account has no Drafts folder")
+        self.touched.add(folder)
+        keep: int | None = None
+        if kind == "save_draft":
+            if latest is None:
+                return  # deleted or sent since; a later operation handles the folder
+            keep = await self.session.append(folder, latest.raw, flags=["\\Draft", "\\Seen"])
+        await self.session.select(folder, readonly=False)
+        bare = draft_id.replace('"', "").replace("\\", "")
+        copies = await self.session.search_uids(b'HEADER Message-ID "' + bare.encode() + b'"')
+        if kind == "save_draft" and keep is None and copies:
+            keep = max(copies)  # no UIDPLUS: the newest UID is the version just appended
+        stale = [uid for uid in copies if uid != keep]
+        if stale:
+            await self.session.store_flags(stale, "+FLAGS.SILENT", ["\\Deleted"])
+            await self.session.expunge(stale)
 
     async def _finish_folder(self, folder_id: int, *, drop: bool) -> None:
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):

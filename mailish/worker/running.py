@@ -29,7 +29,7 @@ from mailish.mail.credentials import KeyRing
 from mailish.mail.policy import ConnectionPolicy
 from mailish.observability import metrics
 from mailish.observability.logs import bind
-from mailish.store import accounts, claims, operations
+from mailish.store import accounts, claims, operations, outbox
 from mailish.store.accounts import AccountRecord
 from mailish.store.connecting import Conn, Pool
 from mailish.worker.account_runner import AccountRunner
@@ -145,7 +145,19 @@ class Worker:
             await self.drop_lost_buckets()
             await self.reconcile_accounts()
             await self.refresh_missing_users()
+            await self.wake_due_sends()
             await asyncio.sleep(self._tuning.audit_interval)
+
+    async def wake_due_sends(self) -> None:
+        """Scheduled sends (send_at in the future) produce no NOTIFY when they fall due."""
+        if not self._accounts:
+            return
+        async with self._pool.acquire() as conn:
+            due = await outbox.accounts_with_due(conn, account_ids=list(self._accounts))
+        for account_id in due:
+            runner = self.runner(AccountId(account_id))
+            if runner is not None and runner.sync is not None:
+                runner.sync.ops_wanted.set()
 
     async def _listen_for_operations(self) -> None:
         """One LISTEN connection wakes the account loop the API just queued work for."""

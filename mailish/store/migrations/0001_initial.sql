@@ -222,6 +222,22 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_due_idx ON outbox (send_at) WHERE status IN ('queued', 'unknown');
 
+-- Drafts being edited from the app: the latest composed version of each, by Message-ID.
+-- The worker APPENDs a version to the Drafts folder before removing older ones, so a crash
+-- never loses a draft; sync shows them in the Drafts folder like any message.
+CREATE TABLE drafts (
+    account_id     uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    id             text NOT NULL,           -- the draft's Message-ID (kept across versions)
+    raw_sha256     bytea NOT NULL,
+    envelope_from  text NOT NULL,
+    recipients     text[] NOT NULL DEFAULT '{}',
+    version        integer NOT NULL DEFAULT 1,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, id),
+    FOREIGN KEY (account_id, raw_sha256) REFERENCES message_blobs (account_id, sha256)
+);
+
 -- The per-account change log behind /v1/changes. One modseq per committing transaction.
 CREATE TABLE changes (
     account_id   uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,

@@ -1,0 +1,325 @@
+"""Sending end to end: API (real uvicorn) → outbox → worker → aiosmtpd, Sent copy in Dovecot."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email
+import email.policy
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from mailish.domain.buckets import BucketLease
+from mailish.domain.endpoints import Endpoint, Security
+from mailish.domain.errors import Fenced
+from mailish.domain.ids import Epoch
+from mailish.domain.logins import PasswordLogin
+from mailish.mail import smtp
+from mailish.mail.credentials import KeyRing
+from mailish.mail.imap.connection import ImapConnection, ImapSettings
+from mailish.mail.imap.session import ImapSession
+from mailish.mail.policy import ConnectionPolicy
+from mailish.services.linking import LinkRequest, link
+from mailish.store import claims
+from mailish.store.connecting import Pool
+from mailish.worker.account_sync import SyncTuning
+from mailish.worker.assigning import StaticAssigner
+from mailish.worker.running import Worker, WorkerTuning
+from mailish.worker.sending import Sender
+from tests.harness.dovecot import Dovecot, MailUser
+from tests.harness.smtp import Received, SmtpServer
+from tests.integration.conftest import RunningApi
+
+
+@pytest.fixture
+async def account(
+    db_pool: Pool, dovecot: Dovecot, smtp_server: SmtpServer, mail_user: MailUser,
+    keyring: KeyRing, policy: ConnectionPolicy,
+) -> AsyncIterator[dict[str, object]]:  # fmt: skip
+    smtp_server.add_user(mail_user.name, mail_user.password)
+    linked = await link(
+        db_pool,
+        LinkRequest(
+            email=f"{mail_user.name}@example.test", password=mail_user.password,
+            username=mail_user.name, display_name="Алиса Тестова",
+            imap=Endpoint("localhost", dovecot.imaps_port, Security.TLS),
+            smtp=Endpoint("localhost", smtp_server.port, Security.STARTTLS),
+        ),
+        keyring=keyring, policy=policy, buckets=4,
+    )  # fmt: skip
+    worker = Worker(
+        pool=db_pool,
+        assigner=StaticAssigner(buckets=4, owner="sender", epoch=Epoch(3)),
+        keyring=keyring,
+        policy=policy,
+        tuning=WorkerTuning(audit_interval=0.1, sync=SyncTuning(poll_interval=30)),
+    )
+    task = asyncio.create_task(worker.run())
+    yield {"token": linked.token, "account_id": linked.account_id, "user": mail_user}
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    smtp_server.remove_user(mail_user.name)
+
+
+async def settle(client: httpx.AsyncClient, op: str, limit: float = 20) -> dict[str, object]:
+    async with asyncio.timeout(limit):
+        while True:
+            body: dict[str, object] = (await client.get(f"/v1/outbox/{op}")).json()
+            if body["status"] not in ("queued", "sending", "unknown"):
+                return body
+            await asyncio.sleep(0.05)
+
+
+def client_for(api: RunningApi, token: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=api.base, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+async def test_send_delivers_exact_bytes_files_sent_copy_once_and_is_idempotent(
+    api: RunningApi, db_pool: Pool, dovecot: Dovecot, smtp_server: SmtpServer,
+    account: dict[str, object],
+) -> None:  # fmt: skip
+    user = account["user"]
+    assert isinstance(user, MailUser)
+    async with client_for(api, account["token"]) as client:
+        upload = await client.post(
+            "/v1/attachments", files={"file": ("отчёт.pdf", b"%PDF-1.4 test", "application/pdf")}
+        )
+        assert upload.status_code == 201
+        body = {
+            "to": ["friend@example.org"], "cc": ["copy@example.org"],
+            "bcc": ["hidden@example.org"], "subject": "Квартальный отчёт",
+            "text": "Привет!", "html": "<p>Привет!</p>",
+            "attachment_ids": [upload.json()["attachment_id"]],
+        }  # fmt: skip
+        headers = {"Idempotency-Key": "send-1"}
+        first, second = await asyncio.gather(
+            client.post("/v1/send", json=body, headers=headers),
+            client.post("/v1/send", json=body, headers=headers),
+        )
+        assert first.status_code == second.status_code == 202
+        assert first.json() == second.json()
+        other = await client.post("/v1/send", json={**body, "subject": "x"}, headers=headers)
+        assert other.status_code == 409
+        result = await settle(client, first.json()["operation_id"])
+        assert result["status"] == "sent", result
+        [received] = smtp_server.received_by(user.name)
+        assert sorted(received.rcpt_tos) == sorted(
+            ["friend@example.org", "copy@example.org", "hidden@example.org"]
+        )
+        parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+        assert str(parsed["Message-ID"]).strip("<>") == first.json()["message_id"]
+        assert "Bcc" not in parsed
+        assert b"hidden@example.org" not in received.data
+        assert str(parsed["Subject"]) == "Квартальный отчёт"
+        async with db_pool.acquire() as conn:
+            stored = await conn.fetchval(
+                "SELECT b.data FROM outbox o JOIN message_blobs b ON b.sha256 = o.raw_sha256 "
+                "AND b.account_id = o.account_id WHERE o.id = $1",
+                first.json()["operation_id"],  # type: ignore[arg-type]
+            )
+        assert bytes(stored) == received.data  # exactly the composed bytes
+        # the Sent copy: appended once, seen, and synced into the Sent folder
+        sent_uids = dovecot.doveadm(
+            "search", "-u", user.name, "mailbox", "Sent", "HEADER", "Message-ID",
+            str(parsed["Message-ID"]).strip("<>"),
+        ).split()  # fmt: skip
+        assert len(sent_uids) == 2  # doveadm prints "<guid> <uid>" for one message
+
+
+@pytest.mark.parametrize(
+    ("to", "sender_blocked", "status", "error_code"),
+    [
+        (["reject-me@example.org"], False, "failed", "550"),
+        (["ok@example.org", "reject-me@example.org"], False, "partially_sent", None),
+        (["tempfail@example.org"], False, "queued", "451"),
+    ],
+)
+async def test_reject_paths(
+    api: RunningApi, smtp_server: SmtpServer, account: dict[str, object], to: list[str],
+    sender_blocked: bool, status: str, error_code: str | None,
+) -> None:  # fmt: skip
+    user = account["user"]
+    assert isinstance(user, MailUser)
+    async with client_for(api, account["token"]) as client:
+        answer = await client.post(
+            "/v1/send", json={"to": to, "subject": "s", "text": "t"},
+            headers={"Idempotency-Key": f"k-{status}"},
+        )  # fmt: skip
+        op = answer.json()["operation_id"]
+        if status == "queued":  # a 4xx is retried later: wait for the first attempt's error
+            async with asyncio.timeout(20):
+                while not (body := (await client.get(f"/v1/outbox/{op}")).json())["error"]:
+                    await asyncio.sleep(0.05)
+        else:
+            body = await settle(client, op)
+        assert body["status"] == status, body
+        if error_code:
+            assert error_code in str(body["error"])
+        if status == "partially_sent":
+            assert list(body["refused"]) == ["reject-me@example.org"]
+            [received] = smtp_server.received_by(user.name)
+            assert received.rcpt_tos == ["ok@example.org"]
+
+
+async def test_size_rejection_552(
+    api: RunningApi, smtp_server: SmtpServer, account: dict[str, object],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(smtp_server, "data_size_limit", 200)
+    async with client_for(api, account["token"]) as client:
+        answer = await client.post(
+            "/v1/send", json={"to": ["a@example.org"], "subject": "big", "text": "x" * 2000},
+            headers={"Idempotency-Key": "big"},
+        )  # fmt: skip
+        body = await settle(client, answer.json()["operation_id"])
+    assert body["status"] == "failed"
+    assert "552" in str(body["error"])
+
+
+async def test_ambiguous_ack_resolved_by_the_providers_sent_copy(
+    api: RunningApi, dovecot: Dovecot, smtp_server: SmtpServer, account: dict[str, object],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The server takes the message, files it in Sent (as Gmail does) and drops the line
+    before its 250. mailish must find it in Sent and not send it again."""
+    user = account["user"]
+    assert isinstance(user, MailUser)
+    original = smtp_server._record
+
+    def record_and_file(message: Received) -> int:
+        dovecot.deliver(user, message.data, folder="Sent", flags=["\\Seen"])
+        return original(message)
+
+    monkeypatch.setattr(smtp_server, "_record", record_and_file)
+    monkeypatch.setattr(smtp_server, "drop_after_data", True)
+    async with client_for(api, account["token"]) as client:
+        answer = await client.post(
+            "/v1/send", json={"to": ["a@example.org"], "subject": "once", "text": "x"},
+            headers={"Idempotency-Key": "once"},
+        )  # fmt: skip
+        body = await settle(client, answer.json()["operation_id"], limit=40)
+    assert body["status"] == "sent", body
+    assert len(smtp_server.received_by(user.name)) == 1
+    copies = dovecot.doveadm("search", "-u", user.name, "mailbox", "Sent", "SUBJECT", "once")
+    assert len(copies.split()) == 2  # one message: the provider's copy, none appended
+
+
+async def test_undo_within_the_window_sends_nothing(
+    api: RunningApi, smtp_server: SmtpServer, account: dict[str, object]
+) -> None:
+    user = account["user"]
+    assert isinstance(user, MailUser)
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)).isoformat()
+    async with client_for(api, account["token"]) as client:
+        answer = await client.post(
+            "/v1/send", json={"to": ["a@example.org"], "text": "x", "send_at": later},
+            headers={"Idempotency-Key": "undo"},
+        )  # fmt: skip
+        op = answer.json()["operation_id"]
+        assert (await client.delete(f"/v1/outbox/{op}")).status_code == 204
+        assert (await client.get(f"/v1/outbox/{op}")).json()["status"] == "cancelled"
+        assert (await client.delete(f"/v1/outbox/{op}")).status_code == 409
+    await asyncio.sleep(0.5)
+    assert smtp_server.received_by(user.name) == []
+
+
+async def test_validation_names_the_field(api: RunningApi, account: dict[str, object]) -> None:
+    async with client_for(api, account["token"]) as client:
+        missing_key = await client.post("/v1/send", json={"to": ["a@example.org"]})
+        assert missing_key.status_code == 422
+        assert "Idempotency-Key" in missing_key.json()["detail"]
+        bad = await client.post(
+            "/v1/send", json={"to": ["a@example.org", "not an address"], "text": "x"},
+            headers={"Idempotency-Key": "bad"},
+        )  # fmt: skip
+        assert bad.status_code == 422
+        assert "to[1]" in bad.json()["detail"]
+        nobody = await client.post("/v1/send", json={"text": "x"}, headers={"Idempotency-Key": "n"})
+        assert nobody.status_code == 422
+
+
+async def test_a_fenced_worker_sends_nothing(
+    api: RunningApi, db_pool: Pool, dovecot: Dovecot, smtp_server: SmtpServer,
+    account: dict[str, object], policy: ConnectionPolicy,
+) -> None:  # fmt: skip
+    """A worker whose bucket was taken over (it was paused) cannot claim the outbox row."""
+    user = account["user"]
+    assert isinstance(user, MailUser)
+    async with db_pool.acquire() as conn:
+        bucket = await conn.fetchval(
+            "SELECT bucket FROM accounts WHERE id=$1", account["account_id"]
+        )
+        stale = BucketLease(bucket, "paused-worker", Epoch(1))
+        await claims.claim(conn, BucketLease(bucket, "successor", Epoch(99)))
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.5)).isoformat()
+    async with client_for(api, account["token"]) as client:
+        await client.post(
+            "/v1/send", json={"to": ["a@example.org"], "text": "x", "send_at": later},
+            headers={"Idempotency-Key": "fenced"},
+        )  # fmt: skip
+    await asyncio.sleep(0.6)
+    settings = smtp.SmtpSettings(
+        Endpoint("localhost", smtp_server.port, Security.STARTTLS), ca_files=policy.ca_files
+    )
+    conn = await ImapConnection.open(
+        ImapSettings(
+            Endpoint("localhost", dovecot.imaps_port, Security.TLS),
+            ca_files=policy.ca_files, allow_private_hosts=True,
+        )
+    )  # fmt: skip
+    try:
+        await conn.login(PasswordLogin(user.name, user.password))
+        sender = Sender(
+            ImapSession(conn), db_pool, stale, account["account_id"],  # type: ignore[arg-type]
+            settings, PasswordLogin(user.name, user.password),
+        )  # fmt: skip
+        with pytest.raises(Fenced):
+            await sender.send_due()
+    finally:
+        await conn.logout()
+    assert smtp_server.received_by(user.name) == []
+
+
+async def test_draft_created_updated_twice_and_sent(
+    api: RunningApi, dovecot: Dovecot, smtp_server: SmtpServer, account: dict[str, object]
+) -> None:
+    """Exactly one message in Sent and none in Drafts at the end."""
+    user = account["user"]
+    assert isinstance(user, MailUser)
+
+    def count(folder: str, draft_id: str) -> int:
+        found = dovecot.doveadm(
+            "search", "-u", user.name, "mailbox", folder, "HEADER", "Message-ID", draft_id
+        )
+        return len(found.split()) // 2
+
+    async with client_for(api, account["token"]) as client:
+        created = await client.post("/v1/drafts", json={"subject": "draft v1", "text": "1"})
+        assert created.status_code == 201
+        draft_id = created.json()["draft_id"]
+        async with asyncio.timeout(20):
+            while count("Drafts", draft_id) != 1:
+                await asyncio.sleep(0.05)
+        for version in (2, 3):
+            updated = await client.put(
+                f"/v1/drafts/{draft_id}",
+                json={"to": ["friend@example.org"], "subject": f"draft v{version}", "text": "x"},
+            )
+            assert updated.status_code == 202
+            assert updated.json()["draft_id"] == draft_id
+        sent = await client.post(f"/v1/drafts/{draft_id}/send")
+        assert sent.status_code == 202
+        assert (await settle(client, sent.json()["operation_id"]))["status"] == "sent"
+        async with asyncio.timeout(20):
+            while count("Drafts", draft_id) or count("Sent", draft_id) != 1:
+                await asyncio.sleep(0.05)
+        [received] = smtp_server.received_by(user.name)
+        assert b"Subject: draft v3" in received.data
+        assert (await client.post(f"/v1/drafts/{draft_id}/send")).status_code == 404
+        gone = await client.post("/v1/drafts", json={"subject": "to delete"})
+        assert (await client.delete(f"/v1/drafts/{gone.json()['draft_id']}")).status_code == 202
+        assert (await client.delete(f"/v1/drafts/{gone.json()['draft_id']}")).status_code == 404
