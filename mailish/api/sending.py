@@ -18,9 +18,11 @@ from pydantic import BaseModel, Field
 
 from mailish.api.auth import AccountIdDep
 from mailish.api.state import ApiState, StateDep
-from mailish.domain import composing, presend
+from mailish.domain import composing
+from mailish.domain.errors import TransientError
 from mailish.domain.ids import AccountId
 from mailish.domain.parsing import extract_part
+from mailish.services import presend
 from mailish.store import accounts, operations, outbox, uploads
 from mailish.store.connecting import Conn
 
@@ -166,10 +168,19 @@ async def send(
     digest = request_hash(body)
     async with state.pool.acquire() as conn, conn.transaction():
         composed = await compose_body(conn, state, account_id, body)
-        reasons = presend.check_limits(
-            composed, max_size=state.settings.max_message_size,
-            max_recipients=state.settings.max_recipients,
-        )  # fmt: skip
+        try:
+            reasons = await presend.check(
+                composed, account_id=account_id, max_size=state.settings.max_message_size,
+                max_recipients=state.settings.max_recipients,
+                service_url=state.settings.presend_check_url,
+            )  # fmt: skip
+        except TransientError as exc:
+            raise HTTPException(
+                503,
+                detail={"error": "check_unavailable", "detail": str(exc)},
+                headers={"Retry-After": "30"},
+            ) from None
+
         if reasons:
             raise HTTPException(422, detail={"error": "rejected", "detail": "; ".join(reasons)})
         try:

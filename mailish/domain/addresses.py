@@ -7,10 +7,11 @@ characters, one ``@``, a domain of valid IDNA labels (or a bracketed address lit
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f<>()\[\],;:\\\"]")
+_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f<>()\[\],;:\\\"@]")
 
 
 class AddressError(ValueError):
@@ -23,9 +24,20 @@ def normalise_address(address: str) -> str:
     local, sep, domain = text.rpartition("@")
     if not sep or not local or not domain:
         raise AddressError(f"{address!r} is not an email address")
-    if len(local) > 64 or _FORBIDDEN.search(local) or ".." in local:
+    if (
+        len(local) > 64
+        or _FORBIDDEN.search(local)
+        or ".." in local
+        or local.startswith(".")
+        or local.endswith(".")
+    ):
         raise AddressError(f"{address!r} has an invalid local part")
     if domain.startswith("[") and domain.endswith("]"):
+        literal = domain[1:-1].removeprefix("IPv6:")
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            raise AddressError(f"{address!r} has an invalid address literal") from None
         return f"{local}@{domain}"
     try:
         ascii_domain = domain.encode("idna").decode("ascii").lower()

@@ -189,6 +189,8 @@ class Executor:
 
     async def _fail(self, op: operations.Operation, reason: str) -> None:
         log.warning("operation %d (%s) refused by the server: %s", op.id, op.kind, reason)
+        if op.kind == "save_draft":
+            metrics.send_errors.labels(reason="draft").inc()
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
             await local_changes.revert(conn, account_id=self.account_id, op=op)
             await operations.set_failed(

@@ -124,7 +124,7 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
         headers = b"\n" + data.split(b"\r\n\r\n", 1)[0].lower()
-        if b"\nx-test-reject: yes" in headers:
+        if b"\nx-test-reject: yes" in headers or b"[test-reject-554]" in headers:
             return "554 5.6.0 Message content rejected (test)"
         sockname = server.transport.get_extra_info("sockname") if server.transport else None
         n = self.owner._record(

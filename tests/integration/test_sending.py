@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import email
 import email.policy
+import json
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvicorn
 
 from mailish.domain.buckets import BucketLease
 from mailish.domain.endpoints import Endpoint, Security
@@ -28,9 +32,10 @@ from mailish.worker.account_sync import SyncTuning
 from mailish.worker.assigning import StaticAssigner
 from mailish.worker.running import Worker, WorkerTuning
 from mailish.worker.sending import Sender
+from tests.harness.ca import LocalCA
 from tests.harness.dovecot import Dovecot, MailUser
 from tests.harness.smtp import Received, SmtpServer
-from tests.integration.conftest import RunningApi
+from tests.integration.conftest import RunningApi, serve
 
 
 @pytest.fixture
@@ -136,6 +141,7 @@ async def test_send_delivers_exact_bytes_files_sent_copy_once_and_is_idempotent(
         (["reject-me@example.org"], False, "failed", "550"),
         (["ok@example.org", "reject-me@example.org"], False, "partially_sent", None),
         (["tempfail@example.org"], False, "queued", "451"),
+        (["ok@example.org"], True, "failed", "554"),
     ],
 )
 async def test_reject_paths(
@@ -145,9 +151,10 @@ async def test_reject_paths(
     user = account["user"]
     assert isinstance(user, MailUser)
     async with client_for(api, account["token"]) as client:
+        subject = "[test-reject-554]" if sender_blocked else "s"  # the test server's 554 trigger
         answer = await client.post(
-            "/v1/send", json={"to": to, "subject": "s", "text": "t"},
-            headers={"Idempotency-Key": f"k-{status}"},
+            "/v1/send", json={"to": to, "subject": subject, "text": "t"},
+            headers={"Idempotency-Key": f"k-{status}-{sender_blocked}"},
         )  # fmt: skip
         op = answer.json()["operation_id"]
         if status == "queued":  # a 4xx is retried later: wait for the first attempt's error
@@ -323,3 +330,87 @@ async def test_draft_created_updated_twice_and_sent(
         gone = await client.post("/v1/drafts", json={"subject": "to delete"})
         assert (await client.delete(f"/v1/drafts/{gone.json()['draft_id']}")).status_code == 202
         assert (await client.delete(f"/v1/drafts/{gone.json()['draft_id']}")).status_code == 404
+
+
+async def test_blocked_sender_553(
+    api: RunningApi, db_pool: Pool, dovecot: Dovecot, smtp_server: SmtpServer,
+    keyring: KeyRing, policy: ConnectionPolicy,
+) -> None:  # fmt: skip
+    """The test server refuses MAIL FROM addresses starting with "blocked" (553)."""
+    user = dovecot.add_user()
+    smtp_server.add_user(user.name, user.password)
+    linked = await link(
+        db_pool,
+        LinkRequest(
+            email=f"blocked-{user.name}@example.test", password=user.password,
+            username=user.name, imap=Endpoint("localhost", dovecot.imaps_port, Security.TLS),
+            smtp=Endpoint("localhost", smtp_server.port, Security.STARTTLS),
+        ),
+        keyring=keyring, policy=policy, buckets=4,
+    )  # fmt: skip
+    worker = Worker(
+        pool=db_pool, assigner=StaticAssigner(buckets=4, owner="w553", epoch=Epoch(5)),
+        keyring=keyring, policy=policy,
+        tuning=WorkerTuning(audit_interval=0.1, sync=SyncTuning(poll_interval=30)),
+    )  # fmt: skip
+    task = asyncio.create_task(worker.run())
+    try:
+        async with client_for(api, linked.token) as client:
+            answer = await client.post(
+                "/v1/send", json={"to": ["a@example.org"], "text": "x"},
+                headers={"Idempotency-Key": "553"},
+            )  # fmt: skip
+            body = await settle(client, answer.json()["operation_id"])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert body["status"] == "failed"
+    assert "553" in str(body["error"])
+
+
+async def test_presend_check_service(
+    db_dsn: str, keyring: KeyRing, test_ca: LocalCA, account: dict[str, object]
+) -> None:
+    """A configured check service sees metadata (never the body) and can refuse a send."""
+    seen: list[dict[str, object]] = []
+
+    async def check_app(scope, receive, send):  # type: ignore[no-untyped-def]
+        message = await receive()
+        verdict = json.loads(message.get("body", b"{}"))
+        seen.append(verdict)
+        allow = "blocked@example.org" not in verdict["recipients"]
+        body = json.dumps({"allow": allow, "reason": "looks like spam"}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(check_app, log_config=None, lifespan="off"))
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/check"
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with (
+            serve(db_dsn, keyring, test_ca, presend_check_url=url) as api,
+            client_for(api, account["token"]) as client,
+        ):
+            refused = await client.post(
+                "/v1/send", json={"to": ["blocked@example.org"], "text": "secret body"},
+                headers={"Idempotency-Key": "spam"},
+            )  # fmt: skip
+            allowed = await client.post(
+                "/v1/send", json={"to": ["fine@example.org"], "text": "secret body"},
+                headers={"Idempotency-Key": "ham"},
+            )  # fmt: skip
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == "looks like spam"
+    assert allowed.status_code == 202
+    assert len(seen) == 2
+    assert "secret body" not in json.dumps(seen)
