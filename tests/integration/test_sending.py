@@ -414,3 +414,47 @@ async def test_presend_check_service(
     assert allowed.status_code == 202
     assert len(seen) == 2
     assert "secret body" not in json.dumps(seen)
+
+
+async def test_forward_reuses_a_synced_attachment_and_replies_thread(
+    api: RunningApi, db_pool: Pool, dovecot: Dovecot, smtp_server: SmtpServer,
+    account: dict[str, object],
+) -> None:  # fmt: skip
+    user = account["user"]
+    assert isinstance(user, MailUser)
+    original = (
+        b"From: boss@example.org\r\nTo: me@example.test\r\nSubject: report\r\n"
+        b"Message-ID: <orig-1@example.org>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain\r\n\r\nsee attached\r\n--b\r\n"
+        b'Content-Type: application/pdf; name="q3.pdf"\r\n'
+        b'Content-Disposition: attachment; filename="q3.pdf"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQgcTM=\r\n--b--\r\n"
+    )
+    dovecot.deliver(user, original)
+    async with client_for(api, account["token"]) as client:
+        async with asyncio.timeout(20):
+            while True:
+                async with db_pool.acquire() as conn:
+                    row = await conn.fetchrow(
+                        "SELECT m.id, a.id AS attachment FROM messages m JOIN attachments a "
+                        "ON a.message_id = m.id WHERE m.account_id=$1 AND m.subject='report'",
+                        account["account_id"],
+                    )
+                if row:
+                    break
+                await asyncio.sleep(0.05)
+        answer = await client.post(
+            "/v1/send",
+            json={"to": ["boss@example.org"], "subject": "Re: report", "text": "thanks",
+                  "attachment_ids": [str(row["attachment"])], "in_reply_to": row["id"]},
+            headers={"Idempotency-Key": "fwd"},
+        )  # fmt: skip
+        assert answer.status_code == 202, answer.text
+        assert (await settle(client, answer.json()["operation_id"]))["status"] == "sent"
+    [received] = smtp_server.received_by(user.name)
+    parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert parsed["In-Reply-To"] == "<orig-1@example.org>"
+    assert "<orig-1@example.org>" in parsed["References"]
+    [attached] = [p for p in parsed.iter_attachments() if p.get_filename() == "q3.pdf"]
+    assert attached.get_content() == b"%PDF-1.4 q3"
