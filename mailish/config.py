@@ -65,6 +65,21 @@ class Settings(BaseSettings):
     secret_keys_file: Path | None = Field(
         default=None, description="A file holding MAILISH_SECRET_KEYS' value (a mounted Secret)."
     )
+    oauth_providers: SecretStr | None = Field(
+        default=None,
+        description='OAuth2 clients as JSON: {"google": {"client_id": ..., "client_secret": ...}}.',
+    )
+    oauth_providers_file: Path | None = Field(
+        default=None, description="A file holding MAILISH_OAUTH_PROVIDERS' JSON (a Secret)."
+    )
+    ispdb_url: str = Field(
+        default="https://autoconfig.thunderbird.net/v1.1/",
+        pattern=r"^https://.+/$",
+        description="Mozilla ISPDB base URL used by autoconfig discovery.",
+    )
+    oauth_token_margin: float = Field(
+        default=60.0, ge=0, le=3600, description="Refresh access tokens this early (seconds)."
+    )
     worker_id: str = Field(default_factory=_default_worker_id, min_length=1, max_length=253)
     sync_batch: int = Field(default=100, ge=1, le=1000, description="Messages per FETCH.")
     sync_poll_interval: float = Field(
@@ -127,7 +142,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL")
         return value
 
-    @field_validator("secret_keys_file")
+    @field_validator("secret_keys_file", "oauth_providers_file")
     @classmethod
     def _keys_file_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():

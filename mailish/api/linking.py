@@ -16,6 +16,7 @@ from mailish.api.auth import AccountIdDep
 from mailish.api.state import StateDep
 from mailish.domain.addresses import normalise_address
 from mailish.domain.endpoints import Endpoint, Security
+from mailish.mail.autoconfig.discovering import DiscoveryFailed, discover
 from mailish.mail.policy import ConnectionPolicy
 from mailish.services.linking import LinkError, LinkRequest, link
 from mailish.store import accounts
@@ -33,14 +34,18 @@ class ServerSettings(BaseModel):
     def endpoint(self) -> Endpoint:
         return Endpoint(self.host, self.port, Security(self.security))
 
+    @classmethod
+    def of(cls, endpoint: Endpoint) -> ServerSettings:
+        return cls(host=endpoint.host, port=endpoint.port, security=endpoint.security.value)
+
 
 class LinkBody(BaseModel):
     email: str = Field(min_length=3, max_length=320)
     password: str = Field(min_length=1, max_length=4096, repr=False)
     username: str | None = Field(default=None, max_length=320)
     display_name: str | None = Field(default=None, max_length=200)
-    imap: ServerSettings
-    smtp: ServerSettings
+    imap: ServerSettings | None = None
+    smtp: ServerSettings | None = None
 
     @field_validator("email")
     @classmethod
@@ -51,6 +56,9 @@ class LinkBody(BaseModel):
 class LinkedOut(BaseModel):
     account_id: str
     token: str
+    imap: ServerSettings
+    smtp: ServerSettings
+    source: str = Field(description="Where the settings came from: request, provider, ispdb...")
 
 
 @router.post("/accounts", status_code=status.HTTP_201_CREATED, response_model=LinkedOut)
@@ -64,10 +72,25 @@ async def link_account(body: LinkBody, state: StateDep) -> LinkedOut:
         allow_private_hosts=settings.allow_private_hosts,
         timeout=settings.imap_timeout,
     )
+    imap, smtp_ = body.imap, body.smtp
+    username, source = body.username, "request"
+    if imap is None or smtp_ is None:
+        try:
+            found = await discover(
+                body.email, policy=policy, ispdb_base=settings.ispdb_url, cache=state.discovery
+            )
+        except DiscoveryFailed as exc:
+            detail = "no IMAP/SMTP settings found: " + "; ".join(exc.trail)
+            raise HTTPException(
+                422, detail={"error": "discovery_failed", "detail": detail[:2000]}
+            ) from None
+        imap = imap or ServerSettings.of(found.imap)
+        smtp_ = smtp_ or ServerSettings.of(found.smtp)
+        username, source = username or found.username, found.source
     try:
         request = LinkRequest(
-            email=body.email, password=body.password, imap=body.imap.endpoint(),
-            smtp=body.smtp.endpoint(), display_name=body.display_name, username=body.username,
+            email=body.email, password=body.password, imap=imap.endpoint(),
+            smtp=smtp_.endpoint(), display_name=body.display_name, username=username,
         )  # fmt: skip
     except ValueError as exc:
         raise HTTPException(422, detail={"error": "invalid_settings", "detail": str(exc)}) from None
@@ -79,7 +102,10 @@ async def link_account(body: LinkBody, state: StateDep) -> LinkedOut:
         raise HTTPException(
             _STATUS.get(exc.code, 400), detail={"error": exc.code, "detail": exc.detail}
         ) from None
-    return LinkedOut(account_id=str(linked.account_id), token=linked.token)
+    return LinkedOut(
+        account_id=str(linked.account_id), token=linked.token, imap=imap, smtp=smtp_,
+        source=source,
+    )  # fmt: skip
 
 
 @router.delete("/account", status_code=status.HTTP_204_NO_CONTENT)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from mailish.config import Settings
+from mailish.mail.autoconfig.discovering import DiscoveryCache
 from mailish.mail.credentials import KeyRing
 from mailish.store.connecting import Pool
 
@@ -17,6 +18,8 @@ class ApiState:
     settings: Settings
     pool: Pool
     keyring: KeyRing | None = None
+    #: Autoconfig results per domain for this process (POST /v1/accounts without settings).
+    discovery: DiscoveryCache = field(default_factory=DiscoveryCache)
 
 
 def _state(request: Request) -> ApiState:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from mailish import __version__
-from mailish.cli import accounts, commands, keys_command
+from mailish.cli import accounts, autoconfig_command, commands, keys_command
 from mailish.config import Settings, load_settings
 from mailish.domain.errors import ConfigError, MailishError
 from mailish.observability import logs
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=commands.migrate)
     accounts.add_parser(sub)
     keys_command.add_parser(sub)
+    autoconfig_command.add_parser(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ from mailish.cli.accounts import policy_from
 from mailish.cli.database import database, migrate_to_latest, next_local_epoch
 from mailish.cli.jobs import Job, run_jobs, stop_on_signals
 from mailish.cli.keys import keyring
+from mailish.cli.oauth_setup import broker_from
 from mailish.cli.serving import ApiServer
 from mailish.config import Settings
 from mailish.domain.errors import ConfigError
@@ -41,6 +42,7 @@ async def up(settings: Settings, _args: argparse.Namespace) -> int:
                 policy=policy_from(settings),
                 tuning=worker_tuning(settings),
                 dsn=dsn,
+                broker=broker_from(settings),
             )
             print(
                 f"mailish is up: API http://{settings.api_host}:{api.port} "
@@ -84,6 +86,7 @@ async def worker(settings: Settings, _args: argparse.Namespace) -> int:
                 policy=policy_from(settings),
                 tuning=worker_tuning(settings),
                 dsn=dsn,
+                broker=broker_from(settings),
             )
             await run_jobs(stop, [Job("worker", worker.run)])
         finally:

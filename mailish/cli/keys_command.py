@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+from mailish.cli import keys_rotate
 from mailish.config import Settings
 from mailish.mail.credentials import format_key, new_key
 
@@ -20,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     new.add_argument("--id", default=None, help="key id (default: k<UTC date and time>)")
     new.set_defaults(handler=new_key_command)
+    keys_rotate.add_parser(verbs)
 
 
 async def new_key_command(_settings: Settings, args: argparse.Namespace) -> int:

@@ -17,9 +17,11 @@ from mailish.domain.errors import AuthError, Fenced, PermanentError, TransientEr
 from mailish.domain.logins import Login, OAuth2Login, PasswordLogin
 from mailish.mail.credentials import CredentialError, KeyRing
 from mailish.mail.imap.connection import ImapSettings
+from mailish.mail.oauth.broker import TokenBroker
 from mailish.mail.policy import ConnectionPolicy
 from mailish.mail.smtp import SmtpSettings
 from mailish.observability.logs import bind
+from mailish.services.oauth_login import login_for_account
 from mailish.store import accounts
 from mailish.store.accounts import AccountRecord
 from mailish.store.connecting import Pool
@@ -81,6 +83,7 @@ class AccountRunner:
     healthy: bool = False
     sync: AccountSync | None = None
     pusher: Pusher | None = None
+    broker: TokenBroker | None = None
 
     async def run(self) -> None:
         """Sync until cancelled, fenced, or the credentials are refused."""
@@ -92,7 +95,7 @@ class AccountRunner:
                         pool=self.pool, lease=self.lease, account_id=self.record.id,
                         imap=imap_settings(self.record, self.policy),
                         smtp=smtp_settings(self.record, self.policy),
-                        login=login_for(self.record, self.keyring), tuning=self.tuning,
+                        login=await self._login(), tuning=self.tuning,
                     )  # fmt: skip
                     self.healthy = True
                     await self.sync.run()
@@ -122,6 +125,12 @@ class AccountRunner:
                     )  # fmt: skip
                     await self._error(f"{type(exc).__name__}: {exc}")
                     await asyncio.sleep(delay)
+
+    async def _login(self) -> Login:
+        """A fresh login: OAuth2 accounts get an access token refreshed single-flight."""
+        if self.broker is None:
+            return login_for(self.record, self.keyring)
+        return await login_for_account(self.pool, self.keyring, self.broker, self.record)
 
     async def _mark(self, status: str, reason: str) -> None:
         async with self.pool.acquire() as conn:

@@ -26,6 +26,7 @@ import httpx
 from mailish.domain.buckets import BucketLease
 from mailish.domain.ids import AccountId, BucketNo
 from mailish.mail.credentials import KeyRing
+from mailish.mail.oauth.broker import TokenBroker
 from mailish.mail.policy import ConnectionPolicy
 from mailish.observability import metrics
 from mailish.observability.logs import bind
@@ -57,6 +58,7 @@ class Worker:
         policy: ConnectionPolicy | None = None,
         tuning: WorkerTuning | None = None,
         dsn: str | None = None,
+        broker: TokenBroker | None = None,
     ):
         self._pool = pool
         self._assigner = assigner
@@ -66,6 +68,7 @@ class Worker:
         self._accounts: dict[AccountId, tuple[AccountRunner, asyncio.Task[None]]] = {}
         self._backoff = Backoff(initial=0.5, maximum=10.0)
         self._dsn = dsn  # enables device push (the Pusher LISTENs on its own connection)
+        self._broker = broker
         self.pusher: Pusher | None = None
         self._runners: dict[BucketNo, tuple[BucketLease, asyncio.Task[None]]] = {}
         self._claimed: dict[BucketNo, BucketLease] = {}
@@ -218,7 +221,7 @@ class Worker:
             runner = AccountRunner(
                 pool=self._pool, lease=held[record.bucket], record=record,
                 keyring=self._keyring, policy=self._policy, tuning=self._tuning.sync,
-                pusher=self.pusher,
+                pusher=self.pusher, broker=self._broker,
             )  # fmt: skip
             task = asyncio.create_task(runner.run(), name=f"account-{account_id}")
             self._accounts[account_id] = (runner, task)

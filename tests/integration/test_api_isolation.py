@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import itertools
 import random
 import re
@@ -38,7 +39,10 @@ KNOWN_ID_PATHS = {
 B_STATE = """
 SELECT m.folder_id, m.seen, m.flagged, m.expunged_at, f.name,
     (SELECT count(*) FROM push_subscriptions p WHERE p.account_id = m.account_id) AS devices,
-    (SELECT count(*) FROM operations o WHERE o.account_id = m.account_id) AS operations
+    (SELECT count(*) FROM operations o WHERE o.account_id = m.account_id) AS operations,
+    (SELECT count(*) FROM outbox o WHERE o.account_id = m.account_id AND o.status = 'queued')
+        AS queued,
+    (SELECT count(*) FROM drafts d WHERE d.account_id = m.account_id) AS drafts
 FROM messages m JOIN folders f ON f.id = m.folder_id
 WHERE m.account_id = $1 AND m.id = $2
 """
@@ -55,6 +59,8 @@ class World:
 
 def kind_of(path: str, param: str) -> str:
     """``attachment_id`` → attachment; a bare ``{id}`` is named by the segment before it."""
+    if path.startswith("/v1/outbox/") and param == "operation_id":
+        return "outbox"  # sends are outbox rows (UUIDs), not queued operations
     if param != "id":
         base = param.removesuffix("_id")
     else:
@@ -84,6 +90,26 @@ async def build_world(
             "VALUES ($1, 'isolation_probe', '{}'::jsonb, 'done') RETURNING id",
             account.account_id,
         )
+        raw = f"Subject: {marker} probe\r\n\r\nx\r\n".encode()
+        digest = hashlib.sha256(raw).digest()
+        await conn.execute(
+            "INSERT INTO message_blobs (account_id, sha256, size, data) VALUES ($1, $2, $3, $4)",
+            account.account_id, digest, len(raw), raw,
+        )  # fmt: skip
+        outbox_id = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO outbox (id, account_id, idempotency_key, request_hash, "
+            "header_message_id, raw_sha256, envelope_from, recipients, send_at) "
+            "VALUES ($1, $2, 'probe', $3, 'probe@example.test', $3, 'a@example.test', "
+            "ARRAY['b@example.test'], now() + interval '1 day')",
+            outbox_id, account.account_id, digest,
+        )  # fmt: skip
+        draft_id = f"draft-{marker.lower()}@example.test"
+        await conn.execute(
+            "INSERT INTO drafts (account_id, id, raw_sha256, envelope_from) "
+            "VALUES ($1, $2, $3, 'a@example.test')",
+            account.account_id, draft_id, digest,
+        )  # fmt: skip
         device_id = f"device-{marker.lower()}"
         await conn.execute(
             "INSERT INTO push_subscriptions (account_id, device_id, endpoint) VALUES ($1, $2, $3)",
@@ -92,7 +118,7 @@ async def build_world(
     objects = {
         "folder": str(row["folder_id"]), "message": str(row["id"]),
         "attachment": str(row["attachment_id"]), "operation": str(operation_id),
-        "device": device_id,
+        "device": device_id, "outbox": str(outbox_id), "draft": draft_id,
     }  # fmt: skip
     email = f"{account.user.name}@example.test"
     return World(account.token, objects, (subject, sender, email, marker, device_id))
@@ -112,6 +138,10 @@ def example(schema: dict[str, Any], doc: dict[str, Any], name: str, own: World) 
         return int(value) if schema.get("type") == "integer" else value
     if "enum" in schema:
         return schema["enum"][0]
+    if schema.get("format") == "date-time":
+        return "2030-01-01T00:00:00Z"
+    if schema.get("format") == "uuid":
+        return str(uuid.uuid4())
     match schema.get("type"):
         case "object":
             props = schema.get("properties", {})
@@ -149,7 +179,14 @@ def probes(doc: dict[str, Any], a: World, b: World) -> list[Probe]:
             continue
         kinds = [kind_of(path, p) for p in params]
         resolved = all(k in a.objects and k in b.objects for k in kinds)
-        absent = {p: str(rnd.randrange(10**12, 10**15)) for p in params}
+        absent = {
+            p: str(uuid.UUID(int=rnd.getrandbits(128)))
+            if kinds[i] == "outbox"
+            else f"absent-{rnd.randrange(10**9)}@example.test"
+            if kinds[i] == "draft"
+            else str(rnd.randrange(10**12, 10**15))
+            for i, p in enumerate(params)
+        }
         for method in METHODS:
             op = item.get(method)
             body = query = None
