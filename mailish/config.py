@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     oauth_token_margin: float = Field(
         default=60.0, ge=0, le=3600, description="Refresh access tokens this early (seconds)."
     )
+    lease_duration: float = Field(
+        default=15.0,
+        ge=2,
+        le=300,
+        description="Seconds a worker's Kubernetes Lease lasts; renewed every third, the worker "
+        "fences itself after three quarters. Keep MailishPool leaseGraceSeconds >= this.",
+    )
     worker_id: str = Field(default_factory=_default_worker_id, min_length=1, max_length=253)
     sync_batch: int = Field(default=100, ge=1, le=1000, description="Messages per FETCH.")
     sync_poll_interval: float = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 
 from mailish.api.app import create_app
@@ -16,9 +17,14 @@ from mailish.cli.oauth_setup import broker_from
 from mailish.cli.serving import ApiServer
 from mailish.config import Settings
 from mailish.domain.errors import ConfigError
+from mailish.kube import identity as kube_identity
+from mailish.kube.assigning import KubeAssigner
+from mailish.kube.client import KubeClient
+from mailish.kube.connecting import load_connection
+from mailish.kube.leasing import LeaseTiming
 from mailish.store import connecting, migrating
 from mailish.worker.account_sync import SyncTuning
-from mailish.worker.assigning import StaticAssigner
+from mailish.worker.assigning import Assigner, StaticAssigner
 from mailish.worker.running import Worker, WorkerTuning
 
 log = logging.getLogger(__name__)
@@ -69,16 +75,29 @@ async def api(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 async def worker(settings: Settings, _args: argparse.Namespace) -> int:
+    """In a pod (POD_NAME set) buckets come from the operator; elsewhere this worker owns
+    every bucket at a fresh epoch."""
     dsn = _required_dsn(settings)
     ring = keyring(settings, local=False)
     await _check_schema(dsn, settings)
+    kube: KubeClient | None = None
     async with stop_on_signals() as stop:
         pool = await connecting.connect_pool(dsn, min_size=1, max_size=settings.db_pool_max)
         try:
-            epoch = await next_local_epoch(pool)
-            assigner = StaticAssigner(
-                buckets=settings.buckets, owner=settings.worker_id, epoch=epoch
-            )
+            assigner: Assigner
+            if os.environ.get("POD_NAME"):
+                me = kube_identity.from_environment()
+                connection = load_connection()
+                kube = KubeClient(connection)
+                assigner = KubeAssigner(
+                    client=kube, identity=me, namespace=me.namespace or connection.namespace,
+                    timing=LeaseTiming(duration=settings.lease_duration),
+                )  # fmt: skip
+            else:
+                epoch = await next_local_epoch(pool)
+                assigner = StaticAssigner(
+                    buckets=settings.buckets, owner=settings.worker_id, epoch=epoch
+                )
             worker = Worker(
                 pool=pool,
                 assigner=assigner,
@@ -90,15 +109,17 @@ async def worker(settings: Settings, _args: argparse.Namespace) -> int:
             )
             await run_jobs(stop, [Job("worker", worker.run)])
         finally:
+            if kube is not None:
+                await kube.aclose()
             await pool.close()
     return 0
 
 
 async def operator(settings: Settings, args: argparse.Namespace) -> int:
+    """kopf handles SIGINT/SIGTERM itself and returns when told to stop."""
     from mailish.operator import running
 
-    async with stop_on_signals() as stop:
-        await run_jobs(stop, [Job("operator", lambda: running.run(namespace=args.namespace))])
+    await running.run(namespace=args.namespace, liveness_endpoint="http://0.0.0.0:8081/healthz")
     return 0
 
 

@@ -103,14 +103,19 @@ class LeaseObserver:
     def __init__(self) -> None:
         self._seen: dict[str, tuple[str, float]] = {}
 
-    def observe(self, name: str, renew_time: str | None, now: float) -> None:
-        """Record one look at a worker's Lease; ``None`` means no Lease (or no renewTime)."""
+    def observe(self, name: str, renew_time: str | None, now: float) -> bool:
+        """Record one look at a worker's Lease; ``None`` means no Lease (or no renewTime).
+
+        True when this look found a renewTime not seen before (the worker showed life).
+        """
         if renew_time is None:
             self._seen.pop(name, None)
-            return
+            return False
         previous = self._seen.get(name)
         if previous is None or previous[0] != renew_time:
             self._seen[name] = (renew_time, now)
+            return True
+        return False
 
     def seen_at(self, name: str) -> float | None:
         previous = self._seen.get(name)

@@ -106,6 +106,6 @@ def configure(*, level: str, fmt: str, stream: Any = None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # Third-party loggers that echo request lines or payloads stay at WARNING.
-    for noisy in ("aiosmtplib", "asyncio", "kubernetes", "httpx", "httpcore"):
+    for noisy in ("aiosmtplib", "asyncio", "kubernetes", "httpx", "httpcore", "kopf.objects"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
