@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test venv lint typecheck contracts pytest bench clean
+.PHONY: up test venv lint typecheck contracts pytest bench clean deploy-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ typecheck: venv
 contracts: venv
 	$(BIN)/lint-imports
 
-pytest: venv
+# helm and the manifest validators, into .tools/ (tests/deploy skips, saying why, without them)
+deploy-tools:
+	-@scripts/deploy-tools.sh
+
+pytest: venv deploy-tools
 	@scripts/system-packages.sh test
 	$(BIN)/pytest
 

@@ -315,4 +315,4 @@ def wait_for_quiet(max_wait: float, *, cores: float = 0.25, sample: float = 3.0)
 def wrk_version() -> str:
     done = subprocess.run([WRK, "--version"], capture_output=True, text=True, check=False)
     text = (done.stdout or done.stderr).strip().splitlines()
-    return text[0] if text else "wrk ?"
+    return text[0].split(" Copyright")[0] if text else "wrk ?"

@@ -222,9 +222,10 @@ def test_api_vs_imap(
     same = len(set(api_newest) & set(imap_newest))
     notes = [
         f"1-minute load average {load_before:.2f} when the rows started, "
-        f"{os.getloadavg()[0]:.2f} after. Each row waits for the machine to be idle first and is",
-        f"  measured again (up to {ATTEMPTS} times) when other work took over "
-        f"{100 * DISTURBED:.0f}% of a core meanwhile; the calmest try is kept.",
+        f"{os.getloadavg()[0]:.2f} after. Each row waits for an idle machine",
+        f"  first, and is measured again (up to {ATTEMPTS} tries) if other work took over "
+        f"{100 * DISTURBED:.0f}% of a",
+        "  core meanwhile; the calmest try is kept.",
         f"same newest 50: mailish (by Date) and IMAP (by sequence number) agree on {same} of 50",
         "what each row does:",
         "  mailish list newest 50: GET /v1/folders/{INBOX}/messages?limit=50 (first page, JSON",
@@ -243,7 +244,7 @@ def test_api_vs_imap(
         "  IMAP clients: a minimal asyncio IMAP client (bench/api_imap.py), 16 conns = 2",
         "    processes x 8 connections; Dovecot forks one imap process per connection.",
         "  Dovecot here stores mail as Maildir: its UID -> file name map (dovecot-uidlist,",
-        "    2.7 MB at 50k messages) is parsed again by a SELECT + FETCH cycle (perf of the imap",
+        "    2.7 MB at 50,000 messages) is parsed again by a SELECT + FETCH cycle (perf of imap",
         "    process: maildir_filename_base_hash/_cmp and hash_table_lookup ~60%), about 20 ms",
         "    of CPU at 50k. That is this storage format's cost, not IMAP's: other servers",
         "    (Gmail, Exchange, Dovecot with mdbox) will differ.",

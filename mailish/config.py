@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Workers and the operator serve /healthz, /readyz, /metrics here.",
+    )
     buckets: int = Field(default=64, ge=1, le=MAX_BUCKETS)
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -14,6 +15,7 @@ from mailish.cli.database import database, migrate_to_latest, next_local_epoch
 from mailish.cli.jobs import Job, run_jobs, stop_on_signals
 from mailish.cli.keys import keyring
 from mailish.cli.oauth_setup import broker_from
+from mailish.cli.probes import ProbeServer
 from mailish.cli.serving import ApiServer
 from mailish.config import Settings
 from mailish.domain.errors import ConfigError
@@ -28,6 +30,7 @@ from mailish.worker.assigning import Assigner, StaticAssigner
 from mailish.worker.running import Worker, WorkerTuning
 
 log = logging.getLogger(__name__)
+POD_NETWORK = "0.0.0.0"  # noqa: S104 - probes and scrapes come from the pod network
 
 
 async def up(settings: Settings, _args: argparse.Namespace) -> int:
@@ -107,7 +110,13 @@ async def worker(settings: Settings, _args: argparse.Namespace) -> int:
                 dsn=dsn,
                 broker=broker_from(settings),
             )
-            await run_jobs(stop, [Job("worker", worker.run)])
+            jobs = [Job("worker", worker.run)]
+            if settings.metrics_port is not None:
+                probes = ProbeServer(
+                    host=POD_NETWORK, port=settings.metrics_port, ready=lambda: worker.started
+                )
+                jobs.append(Job("probes", probes.serve, probes.stop))
+            await run_jobs(stop, jobs)
         finally:
             if kube is not None:
                 await kube.aclose()
@@ -119,7 +128,16 @@ async def operator(settings: Settings, args: argparse.Namespace) -> int:
     """kopf handles SIGINT/SIGTERM itself and returns when told to stop."""
     from mailish.operator import running
 
-    await running.run(namespace=args.namespace, liveness_endpoint="http://0.0.0.0:8081/healthz")
+    probes = None
+    if settings.metrics_port is not None:
+        probes = ProbeServer(host=POD_NETWORK, port=settings.metrics_port, ready=lambda: True)
+        serving = asyncio.create_task(probes.serve(), name="probes")
+    try:
+        await running.run(namespace=args.namespace, liveness_endpoint="http://0.0.0.0:8081/healthz")
+    finally:
+        if probes is not None:
+            probes.stop()
+            await asyncio.gather(serving, return_exceptions=True)
     return 0
 
 

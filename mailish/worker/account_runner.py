@@ -100,8 +100,11 @@ class AccountRunner:
                     self.healthy = True
                     await self.sync.run()
                     return
-                except Fenced:
-                    raise
+                except Fenced as exc:
+                    # The bucket moved on; the worker's audit stops it. Nothing to retry here.
+                    self.healthy = False
+                    log.info("account stopped: %s", exc)
+                    return
                 except (AuthError, CredentialError) as exc:
                     self.healthy = False
                     log.warning("login refused; account needs new credentials: %s", exc)

@@ -19,6 +19,7 @@ from uuid import UUID
 
 from mailish.domain import folders as domain_folders
 from mailish.domain.buckets import BucketLease
+from mailish.domain.errors import AuthError, Fenced
 from mailish.domain.folders import FolderRole, ListedFolder, ObservedFolder
 from mailish.domain.logins import Login
 from mailish.mail.imap import wire
@@ -78,9 +79,12 @@ class AccountSync:
                 await conn.login(self.login)
                 session = ImapSession(conn)
                 await session.enable_extensions()
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._index_forever(), name="indexer")
-                    group.create_task(self._loop(session), name="sync")
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._index_forever(), name="indexer")
+                        group.create_task(self._loop(session), name="sync")
+                except BaseExceptionGroup as failed:
+                    raise _most_telling(failed) from None
             finally:
                 await conn.logout()
 
@@ -305,8 +309,18 @@ class AccountSync:
     async def _wait_idle(self, session: ImapSession) -> set[str] | None:
         """IDLE on INBOX until something happens there or the poll interval passes."""
         inbox = "INBOX"
+        # Changes reported during the round (set aside as unsolicited) or between the round
+        # and this IDLE would otherwise wait for the next poll: look before idling.
+        if any(_is_mailbox_event(e) for e in session.conn.unsolicited):
+            session.conn.unsolicited.clear()
+            return None
         if session.selected != inbox:
-            await session.select(inbox, readonly=True)
+            selected = await session.select(inbox, readonly=True)
+            async with self.pool.acquire() as conn:
+                known = {f.raw_name: f.state.uidnext for f in await folders.list_folders(
+                    conn, account_id=self.account_id)}  # fmt: skip
+            if known.get(inbox) is not None and selected.uidnext != known[inbox]:
+                return {inbox}
         loop = asyncio.get_running_loop()
         limit = min(self.tuning.poll_interval, self.tuning.idle_limit)
         deadline = loop.time() + limit
@@ -361,6 +375,24 @@ class AccountSync:
 
 _MAILBOX_EVENTS = frozenset({"EXISTS", "EXPUNGE", "FETCH", "VANISHED"})
 _OPS: Final = "ops"
+
+
+def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception the account runner must act on: losing the bucket beats a refused
+    login beats anything else (a TaskGroup would hide them inside a group)."""
+    flat: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(item.exceptions)
+        else:
+            flat.append(item)
+    for kind in (Fenced, AuthError):
+        for item in flat:
+            if isinstance(item, kind):
+                return item
+    return flat[0]
 
 
 def _is_mailbox_event(event: wire.Response) -> bool:

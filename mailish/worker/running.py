@@ -69,10 +69,16 @@ class Worker:
         self._backoff = Backoff(initial=0.5, maximum=10.0)
         self._dsn = dsn  # enables device push (the Pusher LISTENs on its own connection)
         self._broker = broker
+        self._started = False
         self.pusher: Pusher | None = None
         self._runners: dict[BucketNo, tuple[BucketLease, asyncio.Task[None]]] = {}
         self._claimed: dict[BucketNo, BucketLease] = {}
         self.changed = asyncio.Event()
+
+    @property
+    def started(self) -> bool:
+        """Ready for traffic: the first assignment has been received and acted on."""
+        return self._started
 
     @property
     def owned(self) -> frozenset[BucketLease]:
@@ -112,6 +118,7 @@ class Worker:
                 if bucket not in self._runners:
                     task = asyncio.create_task(self._run_bucket(lease), name=f"bucket-{bucket}")
                     self._runners[bucket] = (lease, task)
+            self._started = True
             log.info("assignment: %d buckets wanted, %d running", len(wanted), len(self._runners))
 
     async def _run_bucket(self, lease: BucketLease) -> None:

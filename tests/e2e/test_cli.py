@@ -208,3 +208,34 @@ async def test_concurrent_migrate_commands_both_succeed(empty_db_dsn: str) -> No
     outputs = [p.communicate(timeout=60)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     assert sum("1 migration(s) applied" in out for out in outputs) == 1
+
+
+async def test_worker_serves_probes_and_metrics(db_dsn: str) -> None:
+    """Outside Kubernetes too: /healthz, /readyz (once assigned) and /metrics."""
+    port = free_port()
+    env = clean_env(
+        MAILISH_DATABASE_URL=db_dsn,
+        MAILISH_SECRET_KEYS=run("keys", "new", env=clean_env()).stdout.strip(),
+        MAILISH_METRICS_PORT=str(port),
+    )
+    proc = subprocess.Popen([*MAILISH, "worker"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                proc.send_signal(signal.SIGTERM)
+                raise AssertionError(proc.communicate(timeout=30)[1][-3000:])
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        exposition = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert "shards_in_sync" in exposition
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

@@ -52,3 +52,29 @@ async def test_new_mail_appears_within_two_seconds(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_idle_notices_mail_that_arrived_before_it_started(
+    db_pool: Pool, dovecot: Dovecot, linked: Linked
+) -> None:
+    """Mail delivered between the end of a round and the start of IDLE must not wait for
+    the next poll (it produces no event once IDLE begins)."""
+    from mailish.domain.logins import PasswordLogin
+    from mailish.mail.imap.connection import ImapConnection
+    from mailish.mail.imap.session import ImapSession
+
+    dovecot.load_maildir(linked.user, 5)
+    sync = linked.sync(db_pool, use_notify=False, poll_interval=30.0)
+    conn = await ImapConnection.open(linked.imap)
+    try:
+        await conn.login(PasswordLogin(linked.user.name, linked.user.password))
+        session = ImapSession(conn)
+        await session.enable_extensions()
+        await sync.sync_all(session)  # ends with Trash selected, not INBOX
+        dovecot.deliver(linked.user, b"Subject: in the gap\r\n\r\nx\r\n")
+        started = time.monotonic()
+        dirty = await sync._wait_idle(session)
+        assert dirty == {"INBOX"}
+        assert time.monotonic() - started < 2
+    finally:
+        await conn.logout()
