@@ -34,6 +34,12 @@ user_operations = Counter(
     "user_operations", "User operations by the status they reached.", ["status"], registry=REGISTRY
 )
 
+sync_lag_seconds = Histogram(
+    "sync_lag_seconds",
+    "New mail: seconds from the server's INTERNALDATE to its commit in PostgreSQL.",
+    registry=REGISTRY,
+    buckets=(0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0),
+)
 fenced_writes = Counter(
     "fenced_writes", "Writes rejected because a newer bucket epoch exists.", registry=REGISTRY
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -199,6 +200,12 @@ class FolderSync:
             )
         if self.on_progress is not None and stored:
             self.on_progress(stored)
+        if then.phase is sm.Phase.SYNCED:  # new mail, not history: how fresh is the store
+            now = dt.datetime.now(dt.UTC)
+            for message in batch:
+                if message.internaldate is not None:
+                    lag = (now - message.internaldate).total_seconds()
+                    metrics.sync_lag_seconds.observe(max(0.0, lag))
         return stored
 
     async def _apply(self, flags: dict[int, frozenset[str]], vanished: frozenset[int]) -> None:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from mailish.observability.metrics import REGISTRY
 from mailish.store.connecting import Pool
 from tests.harness.dovecot import Dovecot
 from tests.integration.conftest import Linked
@@ -49,6 +50,8 @@ async def test_new_mail_appears_within_two_seconds(
             f"p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
         )
         assert p95 < 2.0
+        lag = REGISTRY.get_sample_value("sync_lag_seconds_count")
+        assert lag is not None and lag >= DELIVERIES  # new mail feeds the sync-lag histogram
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
