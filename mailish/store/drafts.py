@@ -5,12 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
+from mailish.store import blobs
 from mailish.store.connecting import Conn
 
-INSERT_BLOB = """
-INSERT INTO message_blobs (account_id, sha256, size, data) VALUES ($1, $2, $3, $4)
-ON CONFLICT (account_id, sha256) DO NOTHING
-"""
 UPSERT = """
 INSERT INTO drafts (account_id, id, raw_sha256, envelope_from, recipients)
 VALUES ($1, $2, $3, $4, $5)
@@ -47,7 +44,7 @@ async def save(
     envelope_from: str,
     recipients: tuple[str, ...],
 ) -> int:
-    await conn.execute(INSERT_BLOB, account_id, sha256, len(raw), raw)
+    await blobs.put(conn, account_id=account_id, data=raw, sha256=sha256)
     version = await conn.fetchval(
         UPSERT, account_id, draft_id, sha256, envelope_from, list(recipients)
     )

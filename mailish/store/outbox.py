@@ -23,12 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from mailish.store import blobs
 from mailish.store.connecting import Conn
 
-INSERT_BLOB = """
-INSERT INTO message_blobs (account_id, sha256, size, data) VALUES ($1, $2, $3, $4)
-ON CONFLICT (account_id, sha256) DO NOTHING
-"""
 INSERT = """
 INSERT INTO outbox (id, account_id, idempotency_key, request_hash, header_message_id,
     raw_sha256, envelope_from, recipients, send_at)
@@ -125,7 +122,7 @@ async def enqueue(
     """Queue once per Idempotency-Key: the same key and body return the first send."""
     existing = await conn.fetchrow(BY_KEY, account_id, key)
     if existing is None:
-        await conn.execute(INSERT_BLOB, account_id, sha256, len(raw), raw)
+        await blobs.put(conn, account_id=account_id, data=raw, sha256=sha256)
         new_id = await conn.fetchval(
             INSERT, uuid.uuid4(), account_id, key, request_hash, message_id, sha256,
             envelope_from, list(recipients), send_at or dt.datetime.now(dt.UTC),

@@ -5,16 +5,12 @@ Bytes live in ``message_blobs`` (once per account per hash); ``uploads`` names t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from uuid import UUID
 
+from mailish.store import blobs
 from mailish.store.connecting import Conn
 
-INSERT_BLOB = """
-INSERT INTO message_blobs (account_id, sha256, size, data) VALUES ($1, $2, $3, $4)
-ON CONFLICT (account_id, sha256) DO NOTHING
-"""
 INSERT = """
 INSERT INTO uploads (account_id, sha256, filename, content_type, size)
 VALUES ($1, $2, $3, $4, $5) RETURNING id
@@ -46,8 +42,7 @@ class Upload:
 async def create(
     conn: Conn, *, account_id: UUID, filename: str, content_type: str, data: bytes
 ) -> int:
-    digest = hashlib.sha256(data).digest()
-    await conn.execute(INSERT_BLOB, account_id, digest, len(data), data)
+    digest = await blobs.put(conn, account_id=account_id, data=data)
     return int(await conn.fetchval(INSERT, account_id, digest, filename, content_type, len(data)))
 
 
