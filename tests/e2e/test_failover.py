@@ -37,7 +37,7 @@ from tests.operator.conftest import emulator  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(240)
 BUCKETS = 8
-ACCOUNTS = 24
+ACCOUNTS = 250
 
 
 def kubeconfig(path: Path, url: str) -> Path:
