@@ -222,10 +222,9 @@ def test_api_vs_imap(
     same = len(set(api_newest) & set(imap_newest))
     notes = [
         f"1-minute load average {load_before:.2f} when the rows started, "
-        f"{os.getloadavg()[0]:.2f} after. Each row waits for an idle machine",
-        f"  first, and is measured again (up to {ATTEMPTS} tries) if other work took over "
-        f"{100 * DISTURBED:.0f}% of a",
-        "  core meanwhile; the calmest try is kept.",
+        f"{os.getloadavg()[0]:.2f} after. Each row waits",
+        f"  for an idle machine first, and is measured again (up to {ATTEMPTS} tries) if other",
+        f"  work took over {100 * DISTURBED:.0f}% of a core meanwhile; the calmest try is kept.",
         f"same newest 50: mailish (by Date) and IMAP (by sequence number) agree on {same} of 50",
         "what each row does:",
         "  mailish list newest 50: GET /v1/folders/{INBOX}/messages?limit=50 (first page, JSON",

@@ -159,8 +159,8 @@ class AccountSync:
             await self._sync_folder(session, folder)
 
     async def _sync_folder(self, session: ImapSession, folder: StoredFolder) -> None:
-        if not folder.selectable or folder.state.flagged_reason:
-            return
+        if not folder.selectable or folder.state.flagged_reason or folder.pending_op is not None:
+            return  # a queued create/rename may not exist on the server under this name yet
         with bind(folder=folder.path):
             try:
                 await FolderSync(

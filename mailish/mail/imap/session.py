@@ -223,6 +223,7 @@ class ImapSession:
             args.append(b"(QRESYNC (%d %d))" % known)
         elif self.condstore and not self.qresync:
             args.append(b"(CONDSTORE)")
+        self.selected = None  # a failed SELECT leaves no mailbox selected (RFC 3501 6.3.1)
         result = await self.conn.command("EXAMINE" if readonly else "SELECT", *args)
         self.selected = raw_name
         codes = [result.status, *(u for u in self._drain_status())]
@@ -261,8 +262,13 @@ class ImapSession:
         """Leave the selected mailbox without expunging (UNSELECT, RFC 3691)."""
         if self.selected is None or not self.conn.has("UNSELECT"):
             return
-        await self.conn.command("UNSELECT")
         self.selected = None
+        try:
+            await self.conn.command("UNSELECT")
+        except ImapError as exc:
+            # Nothing was selected after all (e.g. the mailbox vanished): that is the goal.
+            if exc.response.status not in ("NO", "BAD"):
+                raise
 
     def _drain_status(self) -> list[wire.StatusResponse]:
         """Untagged OK responses with codes (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ) from SELECT."""
