@@ -16,9 +16,12 @@ from mailish.api.auth import AccountIdDep
 from mailish.api.state import StateDep
 from mailish.domain.addresses import normalise_address
 from mailish.domain.endpoints import Endpoint, Security
+from mailish.domain.ids import AccountId
 from mailish.mail.autoconfig.discovering import DiscoveryFailed, discover
+from mailish.mail.credentials import CredentialError, KeyRing
 from mailish.mail.policy import ConnectionPolicy
-from mailish.services.linking import LinkError, LinkRequest, link
+from mailish.services.linking import LinkError, LinkRequest, link, verify_imap, verify_smtp
+from mailish.services.oauth_login import store_credentials
 from mailish.store import accounts
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
@@ -113,3 +116,70 @@ async def unlink_account(account_id: AccountIdDep, state: StateDep) -> Response:
     async with state.pool.acquire() as conn:
         await accounts.delete(conn, account_id=account_id)  # type: ignore[arg-type]
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class CredentialsBody(BaseModel):
+    password: str = Field(min_length=1, max_length=4096, repr=False)
+    username: str | None = Field(default=None, max_length=320)
+
+
+class CredentialsOut(BaseModel):
+    status: str
+
+
+@router.put("/account/credentials", response_model=CredentialsOut)
+async def replace_credentials(
+    body: CredentialsBody, account_id: AccountIdDep, state: StateDep
+) -> CredentialsOut:
+    """Re-authorise an account (e.g. after ``auth_invalid``): the new login is proven on both
+    servers first, then sealed; the owning worker resumes syncing at its next audit."""
+    if state.keyring is None:
+        raise HTTPException(503, detail={"error": "unavailable", "detail": "no key ring"})
+    async with state.pool.acquire() as conn:
+        record = await accounts.get(conn, account_id=AccountId(account_id))
+    if record is None:
+        raise HTTPException(404, detail={"error": "not_found", "detail": "no such account"})
+    try:
+        imap = ServerSettings(**record.settings["imap"]).endpoint()
+        smtp_settings = record.settings.get("smtp")
+        smtp = ServerSettings(**smtp_settings).endpoint() if smtp_settings else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HTTPException(
+            409, detail={"error": "invalid_settings", "detail": f"stored settings: {exc}"}
+        ) from None
+    settings = state.settings
+    policy = ConnectionPolicy(
+        ca_files=settings.tls_ca_file,
+        allow_plaintext=settings.allow_plaintext,
+        allow_private_hosts=settings.allow_private_hosts,
+        timeout=settings.imap_timeout,
+    )
+    username = body.username or _stored_username(state.keyring, record)
+    request = LinkRequest(
+        email=record.email, password=body.password, imap=imap, smtp=smtp, username=username,
+    )  # fmt: skip
+    try:
+        await verify_imap(request, policy)
+        await verify_smtp(request, policy)
+    except LinkError as exc:
+        raise HTTPException(
+            _STATUS.get(exc.code, 400), detail={"error": exc.code, "detail": exc.detail}
+        ) from None
+    secret = {"password": body.password}
+    if username:
+        secret["username"] = username
+    await store_credentials(
+        state.pool, state.keyring, account_id=AccountId(account_id), secret=secret,
+        auth_kind="password",
+    )  # fmt: skip
+    return CredentialsOut(status="active")
+
+
+def _stored_username(keyring: KeyRing, record: accounts.AccountRecord) -> str | None:
+    """The login name linked before (when it is not the address), if still readable."""
+    if record.credentials is None:
+        return None
+    try:
+        return keyring.decrypt(record.id, record.credentials).get("username")
+    except CredentialError:
+        return None

@@ -8,8 +8,13 @@ import httpx
 import pytest
 
 from mailish.api.limits import RateLimiter
+from mailish.domain.ids import Epoch
 from mailish.mail.credentials import KeyRing
+from mailish.mail.policy import ConnectionPolicy
 from mailish.store.connecting import Pool
+from mailish.worker.account_sync import SyncTuning
+from mailish.worker.assigning import StaticAssigner
+from mailish.worker.running import Worker, WorkerTuning
 from tests.harness.ca import LocalCA
 from tests.harness.dovecot import Dovecot, MailUser
 from tests.harness.smtp import SmtpServer
@@ -106,3 +111,54 @@ async def test_rate_limit_answers_429_with_retry_after(
     assert limited, "a flood beyond the burst must be limited"
     assert int(limited[0].headers["retry-after"]) >= 1
     assert {a.status_code for a in answers} <= {401, 429}
+
+
+async def test_reauthorise_after_auth_invalid_resumes_sync(
+    api: RunningApi, db_pool: Pool, dovecot: Dovecot, smtp_server: SmtpServer,
+    mail_user: MailUser, keyring: KeyRing, policy: ConnectionPolicy,
+) -> None:  # fmt: skip
+    """PUT /v1/account/credentials proves the new login, reactivates the account, and the
+    worker (which stopped for good on the refused login) syncs again."""
+    smtp_server.add_user(mail_user.name, mail_user.password)
+    dovecot.load_maildir(mail_user, 7)
+    async with httpx.AsyncClient(base_url=api.base, timeout=30) as client:
+        linked = await client.post(
+            "/v1/accounts", json=body(dovecot, smtp_server, mail_user, mail_user.password)
+        )
+        headers = {"Authorization": f"Bearer {linked.json()['token']}"}
+        dovecot.set_password(mail_user.name, "rotated-elsewhere")
+        worker = Worker(
+            pool=db_pool, assigner=StaticAssigner(buckets=64, owner="re", epoch=Epoch(7)),
+            keyring=keyring, policy=policy,
+            tuning=WorkerTuning(audit_interval=0.1, sync=SyncTuning(poll_interval=30)),
+        )  # fmt: skip
+        task = asyncio.create_task(worker.run())
+        try:
+            async with asyncio.timeout(20):
+                while (await client.get("/v1/account", headers=headers)).json()[
+                    "status"
+                ] != "auth_invalid":
+                    await asyncio.sleep(0.05)
+            wrong = await client.put(
+                "/v1/account/credentials", json={"password": "nope"}, headers=headers
+            )
+            assert wrong.status_code == 401
+            assert wrong.json()["error"] == "auth_failed"
+            smtp_server.add_user(mail_user.name, "rotated-elsewhere")
+            fixed = await client.put(
+                "/v1/account/credentials", json={"password": "rotated-elsewhere"},
+                headers=headers,
+            )  # fmt: skip
+            assert fixed.status_code == 200, fixed.text
+            assert fixed.json() == {"status": "active"}
+            async with asyncio.timeout(20):
+                while (await client.get("/v1/account", headers=headers)).json()["sync"][
+                    "messages_synced"
+                ] != 7:
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    async with db_pool.acquire() as conn:
+        stored = await conn.fetchval("SELECT credentials FROM accounts")
+    assert b"rotated-elsewhere" not in bytes(stored)
