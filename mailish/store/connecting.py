@@ -26,6 +26,15 @@ else:
     Conn = asyncpg.Connection | PoolConnectionProxy
 
 
+# A process that stops in the middle of a transaction (SIGSTOP, a long GC pause, a partition)
+# keeps its row locks, and a fenced transaction holds FOR SHARE on its bucket's claim row: the
+# successor's claim would wait for it forever. PostgreSQL ends such transactions after this
+# long, so a takeover waits at most this much (longer than any transaction we keep open
+# across I/O: the OAuth refresh's 15 s HTTP timeout).
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 20_000
+SESSION_SETTINGS = {"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS)}
+
+
 def describe_dsn(dsn: str) -> str:
     """The DSN without its password, safe to print."""
     try:
@@ -99,6 +108,7 @@ async def connect_pool(
             timeout=connect_timeout,
             command_timeout=60,
             init=_init_connection,
+            server_settings=SESSION_SETTINGS,
         )
     except Exception as exc:
         raise _translate(exc, dsn) from exc
