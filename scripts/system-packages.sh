@@ -3,7 +3,8 @@
 # usage: scripts/system-packages.sh run|test
 #   run:  PostgreSQL server binaries (the embedded database of `mailish up`) and Dovecot
 #         (the demo mailbox of `make up`)
-#   test: the above plus isync (mbsync, the benchmark peer) and openssl
+#   test: the above plus isync (mbsync, the benchmark peer), openssl, redis-server (the shared
+#         token cache) and libpython3.11-testsuite (a MIME corpus)
 set -euo pipefail
 
 need=()
@@ -13,6 +14,9 @@ command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need+=(dovecot
 if [ "${1:-run}" = test ]; then
   command -v mbsync >/dev/null 2>&1 || need+=(isync)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # CPython's own email test messages: one of the hostile-MIME corpora
+  [ -d /usr/lib/python3.11/test/test_email/data ] || need+=(libpython3.11-testsuite)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
@@ -29,6 +33,6 @@ export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -qq
 "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian's packages try to start their services; none is wanted here (tests run their own).
-for svc in dovecot postgresql; do
+for svc in dovecot postgresql redis-server; do
   "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
 done
