@@ -12,7 +12,6 @@ most ``MAX_DEVICES`` subscriptions, which bounds the work one new message can ca
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Response
@@ -57,11 +56,11 @@ def endpoint_problem(url: str, *, allow_private: bool) -> str | None:
         return "endpoint must not contain whitespace"
     if allow_private:
         return None
-    if host == "localhost" or host.endswith(".localhost"):
+    name = host.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
         return "endpoint must not point at this host"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = hosts.literal_address(host)
+    if address is None:
         return None  # a name; the worker checks where it resolves before each push
     return None if hosts.is_public(address) else "endpoint must be a public address"
 

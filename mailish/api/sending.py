@@ -173,6 +173,7 @@ async def send(
                 composed, account_id=account_id, max_size=state.settings.max_message_size,
                 max_recipients=state.settings.max_recipients,
                 service_url=state.settings.presend_check_url,
+                ca_files=state.settings.tls_ca_file,
             )  # fmt: skip
         except TransientError as exc:
             raise HTTPException(

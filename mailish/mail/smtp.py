@@ -1,8 +1,15 @@
 """SMTP submission client over aiosmtplib, with our TLS policy and error translation.
 
-``security=starttls`` *requires* the upgrade: a server that does not offer STARTTLS is refused
-(aiosmtplib raises, we translate), never silently used in the clear. Recipient refusals come
-back per address so callers can record partial acceptance and never resend to accepted ones.
+``security=starttls`` *requires* the upgrade, done as its own step before anything else: a
+server that does not offer STARTTLS or refuses it (5xx) is a ``TLSError``, a 4xx there is
+``SmtpTemporary``; either way no credentials are sent in the clear. Plaintext that arrives
+between "220 Ready to start TLS" and the handshake is discarded by aiosmtplib (RFC 3207 4.2).
+Recipient refusals come back per address so callers can record partial acceptance and never
+resend to accepted ones.
+
+With ``allow_private_hosts=False`` the host is resolved and checked like every other
+user-supplied host (``mail.hosts``) and the socket goes to *that* address, with the name kept
+for SNI and the certificate check, so no second resolution can point us inside.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from mailish.domain.errors import (
     MailishError,
     PermanentError,
     ProtocolError,
+    TLSError,
     TransientError,
     Unreachable,
 )
 from mailish.domain.logins import Login, OAuth2Login, PasswordLogin
+from mailish.mail.hosts import resolve_checked
 from mailish.mail.tls import client_context, describe_tls_failure
 
 DEFAULT_TIMEOUT = 30.0
@@ -65,20 +74,69 @@ class SmtpSettings:
     ca_files: tuple[Path, ...] = ()
     allow_plaintext: bool = False
     timeout: float = DEFAULT_TIMEOUT
+    #: False: SSRF guard on (see the module docstring). Defaults to True only because callers
+    #: predate the guard; every caller with a user-supplied host must pass its policy's value.
+    allow_private_hosts: bool = True
 
 
-def _client(settings: SmtpSettings) -> aiosmtplib.SMTP:
+async def _checked_socket(settings: SmtpSettings) -> socket.socket | None:
+    """A socket connected to the checked address, or None to let aiosmtplib connect."""
+    if settings.allow_private_hosts:
+        return None
+    endpoint = settings.endpoint
+    address = await resolve_checked(endpoint.host, endpoint.port, allow_private=False)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(settings.timeout):
+            await asyncio.get_running_loop().sock_connect(sock, (address, endpoint.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
+    """A connected client, TLS in place (implicit or STARTTLS); nothing sent beyond EHLO."""
     check_policy(settings.endpoint, allow_plaintext=settings.allow_plaintext)
-    security = settings.endpoint.security
-    return aiosmtplib.SMTP(
-        hostname=settings.endpoint.host,
-        port=settings.endpoint.port,
-        use_tls=security is Security.TLS,
-        start_tls=security is Security.STARTTLS,
-        tls_context=client_context(settings.ca_files),
+    endpoint = settings.endpoint
+    context = client_context(settings.ca_files)
+    try:
+        sock = await _checked_socket(settings)
+    except OSError as exc:
+        raise Unreachable(f"SMTP {endpoint}: cannot connect ({exc})") from exc
+    except TimeoutError as exc:
+        raise Unreachable(f"SMTP {endpoint}: cannot connect (timeout)") from exc
+    client = aiosmtplib.SMTP(
+        hostname=endpoint.host,
+        port=None if sock is not None else endpoint.port,
+        sock=sock,
+        use_tls=endpoint.security is Security.TLS,
+        start_tls=False,  # done below, as a step of its own
+        tls_context=context,
         validate_certs=True,
         timeout=settings.timeout,
     )
+    stage = "connect"
+    try:
+        await client.connect()
+        if endpoint.security is Security.STARTTLS:
+            stage = "starttls"
+            await client.ehlo()
+            if not client.supports_extension("starttls"):
+                raise TLSError(
+                    f"SMTP {endpoint.host}: server does not offer STARTTLS; refusing plaintext"
+                )
+            await client.starttls(tls_context=context)
+    except BaseException as exc:
+        client.close()
+        if sock is not None:
+            sock.close()
+        if isinstance(exc, Exception):
+            raise _translate(exc, settings, stage) from exc
+        raise
+    return client
 
 
 def _reply(exc: aiosmtplib.SMTPResponseException) -> SmtpReply:
@@ -95,6 +153,11 @@ def _translate(exc: BaseException, settings: SmtpSettings, stage: str) -> Mailis
         reply = _reply(exc)
         if 400 <= reply.code < 500:
             return SmtpTemporary(reply, stage)
+        if stage == "starttls":
+            return TLSError(
+                f"SMTP {host}: server refused STARTTLS ({reply.code} {reply.message}); "
+                "refusing plaintext"
+            )
         return SmtpRejected(reply, stage)
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
         return describe_tls_failure(exc, host)
@@ -103,8 +166,6 @@ def _translate(exc: BaseException, settings: SmtpSettings, stage: str) -> Mailis
         if isinstance(cause, ssl.SSLError | ssl.CertificateError):
             return describe_tls_failure(cause, host)
         return Unreachable(f"SMTP {host}:{settings.endpoint.port}: cannot connect ({exc})")
-    if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in str(exc):
-        return PermanentError(f"SMTP {host}: server does not offer STARTTLS; refusing plaintext")
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPTimeoutError):
         return TransientError(f"SMTP {host}: connection lost during {stage} ({exc})", delay=5.0)
     if isinstance(exc, socket.gaierror | OSError | asyncio.TimeoutError):
@@ -123,11 +184,9 @@ async def _authenticate(client: aiosmtplib.SMTP, login: Login) -> None:
 
 async def verify_login(settings: SmtpSettings, login: Login) -> None:
     """Connect, negotiate TLS, authenticate and quit; raises a translated error on failure."""
-    client = _client(settings)
-    stage = "connect"
+    client = await _connect(settings)
+    stage = "login"
     try:
-        await client.connect()
-        stage = "login"
         await _authenticate(client, login)
         stage = "quit"
         await client.quit()
@@ -146,11 +205,9 @@ async def send_raw(
     message: bytes,
 ) -> SendResult:
     """Submit ``message`` unchanged. Refused recipients are reported, not raised, unless all are."""
-    client = _client(settings)
-    stage = "connect"
+    client = await _connect(settings)
+    stage = "login"
     try:
-        await client.connect()
-        stage = "login"
         await _authenticate(client, login)
         stage = "data"
         refused_raw, reply_text = await client.sendmail(envelope_from, list(recipients), message)

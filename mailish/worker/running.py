@@ -21,13 +21,13 @@ import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
-import httpx
 
 from mailish.domain.buckets import BucketLease
 from mailish.domain.ids import AccountId, BucketNo
 from mailish.mail.credentials import KeyRing
 from mailish.mail.oauth.broker import TokenBroker
 from mailish.mail.policy import ConnectionPolicy
+from mailish.mail.tls import https_client
 from mailish.observability import metrics
 from mailish.observability.logs import bind
 from mailish.store import accounts, claims, operations, outbox
@@ -86,7 +86,8 @@ class Worker:
         return frozenset(self._claimed.values())
 
     async def run(self) -> None:
-        async with httpx.AsyncClient() as http:
+        # pushes verify like every outbound TLS peer (system store + MAILISH_TLS_CA_FILE)
+        async with https_client(self._policy.ca_files) as http:
             if self._dsn is not None:
                 self.pusher = Pusher(
                     pool=self._pool, dsn=self._dsn, http=http,

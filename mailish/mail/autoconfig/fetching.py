@@ -28,7 +28,7 @@ import httpx
 
 from mailish.domain.errors import PermanentError, TransientError
 from mailish.mail.autoconfig.resolving import Resolver
-from mailish.mail.tls import client_context
+from mailish.mail.tls import client_context, describe_tls_failure, tls_cause
 
 MAX_BYTES = 1 << 20
 MAX_REDIRECTS = 3
@@ -121,9 +121,8 @@ async def _get_once(
                     raise FetchFailed(f"https://{host_header}: answer over {net.max_bytes} bytes")
             return bytes(body)
     except httpx.HTTPError as exc:
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, ssl.SSLError | ssl.CertificateError):
-            cause = cause.__cause__ or cause.__context__
+        cause = tls_cause(exc)
         if cause is not None:
-            raise FetchFailed(f"https://{host_header}: TLS failed ({cause})") from exc
+            failure = describe_tls_failure(cause, host)
+            raise FetchFailed(f"https://{host_header}: TLS failed ({failure})") from exc
         raise FetchFailed(f"https://{host_header}: {type(exc).__name__} {exc}") from exc

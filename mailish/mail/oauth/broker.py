@@ -29,7 +29,7 @@ import httpx
 from mailish.domain.errors import AuthError, PermanentError, TransientError
 from mailish.mail.oauth.caching import DEFAULT_MARGIN, MemoryTokenCache, TokenCache
 from mailish.mail.oauth.providers import Provider, ProviderRegistry
-from mailish.mail.tls import client_context
+from mailish.mail.tls import client_context, describe_tls_failure, tls_cause
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,13 @@ class TokenBroker:
         except httpx.TimeoutException as exc:
             raise OAuthUnavailable(f"OAuth {provider.name}: token endpoint timed out") from exc
         except httpx.TransportError as exc:
+            failure = tls_cause(exc)
+            if failure is not None:  # still transient: a proxy or MITM may go away
+                host = httpx.URL(provider.token_url).host
+                raise OAuthUnavailable(
+                    f"OAuth {provider.name}: token endpoint TLS failed "
+                    f"({describe_tls_failure(failure, host)})"
+                ) from exc
             raise OAuthUnavailable(
                 f"OAuth {provider.name}: token endpoint unreachable ({type(exc).__name__})"
             ) from exc
