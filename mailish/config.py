@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         pattern=r"^https://.+/$",
         description="Mozilla ISPDB base URL used by autoconfig discovery.",
     )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Shared OAuth2 access-token cache (redis://, rediss:// or unix://); unset "
+        "means each process caches its own.",
+    )
     oauth_token_margin: float = Field(
         default=60.0, ge=0, le=3600, description="Refresh access tokens this early (seconds)."
     )
@@ -153,6 +158,15 @@ class Settings(BaseSettings):
             return None
         if not dsn.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
     @field_validator("secret_keys_file", "oauth_providers_file")

@@ -3,5 +3,8 @@
 pytest_plugins = [
     "tests.harness.pg_fixtures",
     "tests.harness.mail_fixtures",
+    "tests.harness.redis_server",
+    "tests.harness.push_receiver",
+    "tests.harness.oauth_server",
     "tests.harness.task_leaks",
 ]

@@ -29,7 +29,9 @@ from mailish.api import (
 from mailish.api.state import ApiState
 from mailish.config import Settings
 from mailish.mail.credentials import KeyRing
+from mailish.mail.oauth.broker import TokenBroker
 from mailish.observability import metrics
+from mailish.services.brokers import broker_from, close_broker
 from mailish.store import connecting
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,16 @@ _ERROR_CODES = {
 }  # fmt: skip
 
 
-def create_app(settings: Settings, *, dsn: str, keyring: KeyRing | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    dsn: str,
+    keyring: KeyRing | None = None,
+    broker: TokenBroker | None = None,
+) -> FastAPI:
+    """``broker`` is shared when the caller runs a worker in the same process; otherwise the
+    app builds (and closes) its own from the settings."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await connecting.connect_pool(
@@ -48,13 +59,17 @@ def create_app(settings: Settings, *, dsn: str, keyring: KeyRing | None = None) 
             max_size=settings.db_pool_max,
             connect_timeout=settings.db_connect_timeout,
         )
-        app.state.mailish = ApiState(settings=settings, pool=pool, keyring=keyring)
+        own_broker = broker is None
+        tokens = broker if broker is not None else broker_from(settings, keyring)
+        app.state.mailish = ApiState(settings=settings, pool=pool, keyring=keyring, broker=tokens)
         log.info("api ready on %s:%s", settings.api_host, settings.api_port)
         try:
             async with events.fan_out(app, pool=pool, dsn=dsn):  # one LISTEN per process
                 yield
         finally:
             await pool.close()
+            if own_broker:
+                await close_broker(tokens)
 
     app = FastAPI(title="mailish", version=__version__, lifespan=lifespan)
     app.include_router(health.router)

@@ -1,26 +1,41 @@
-"""Linking and unlinking accounts: ``POST /v1/accounts``, ``DELETE /v1/account``.
+"""Linking and unlinking accounts: ``POST /v1/accounts``, ``DELETE /v1/account``, and
+re-authorising: ``PUT /v1/account/credentials``.
 
-Linking proves both logins before anything is written and answers with the first API token.
-Unlinking deletes the account row; every table cascades from it (tokens, mail, operations,
-outbox, push subscriptions), and the owning worker stops syncing at its next audit.
+Linking proves both logins (a password, or an OAuth2 access token obtained from the grant)
+before anything is written and answers with the first API token. Servers come from the
+request, the OAuth provider's configuration, or autoconfig discovery, and the answer says
+which. Unlinking deletes the account row; every table cascades from it (tokens, mail,
+operations, outbox, push subscriptions), and the owning worker stops syncing at its next audit.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
-from fastapi import APIRouter, HTTPException, Response, status
-from pydantic import BaseModel, Field, field_validator
+from fastapi import APIRouter, Response, status
 
 from mailish.api.auth import AccountIdDep
-from mailish.api.state import StateDep
-from mailish.domain.addresses import normalise_address
-from mailish.domain.endpoints import Endpoint, Security
+from mailish.api.link_models import (
+    CredentialsOut,
+    LinkBody,
+    LinkedOut,
+    LoginIn,
+    ServerSettings,
+    failure,
+    known_provider,
+    obtain_grant,
+    policy_of,
+)
+from mailish.api.state import ApiState, StateDep
 from mailish.domain.ids import AccountId
 from mailish.mail.autoconfig.discovering import DiscoveryFailed, discover
 from mailish.mail.credentials import CredentialError, KeyRing
-from mailish.mail.policy import ConnectionPolicy
-from mailish.services.linking import LinkError, LinkRequest, link, verify_imap, verify_smtp
+from mailish.services.linking import (
+    LinkError,
+    LinkRequest,
+    OAuthLink,
+    link,
+    verify_imap,
+    verify_smtp,
+)
 from mailish.services.oauth_login import store_credentials
 from mailish.store import accounts
 
@@ -29,85 +44,91 @@ _STATUS = {"auth_failed": 401, "tls_failed": 502, "unreachable": 502, "invalid_s
            "already_linked": 409}  # fmt: skip
 
 
-class ServerSettings(BaseModel):
-    host: str = Field(min_length=1, max_length=253)
-    port: int = Field(ge=1, le=65535)
-    security: Literal["tls", "starttls", "plain"] = "tls"
-
-    def endpoint(self) -> Endpoint:
-        return Endpoint(self.host, self.port, Security(self.security))
-
-    @classmethod
-    def of(cls, endpoint: Endpoint) -> ServerSettings:
-        return cls(host=endpoint.host, port=endpoint.port, security=endpoint.security.value)
+def _link_failure(exc: LinkError) -> Exception:
+    return failure(_STATUS.get(exc.code, 400), exc.code, exc.detail)
 
 
-class LinkBody(BaseModel):
-    email: str = Field(min_length=3, max_length=320)
-    password: str = Field(min_length=1, max_length=4096, repr=False)
-    username: str | None = Field(default=None, max_length=320)
-    display_name: str | None = Field(default=None, max_length=200)
-    imap: ServerSettings | None = None
-    smtp: ServerSettings | None = None
+async def _servers(
+    body: LinkBody, state: ApiState
+) -> tuple[ServerSettings, ServerSettings, str | None, str]:
+    """IMAP, SMTP, the login name to use, and where they came from."""
+    if body.imap is not None and body.smtp is not None:
+        return body.imap, body.smtp, body.username, "request"
+    if (
+        body.oauth is not None
+        and state.broker is not None
+        and body.oauth.provider in (state.broker.providers)
+    ):
+        provider = state.broker.providers.get(body.oauth.provider)
+        if provider.imap is not None and provider.smtp is not None:
+            return (
+                body.imap or ServerSettings.of(provider.imap),
+                body.smtp or ServerSettings.of(provider.smtp),
+                body.username, "oauth_provider",
+            )  # fmt: skip
+    try:
+        found = await discover(
+            body.email, policy=policy_of(state.settings), ispdb_base=state.settings.ispdb_url,
+            cache=state.discovery,
+        )  # fmt: skip
+    except DiscoveryFailed as exc:
+        detail = "no IMAP/SMTP settings found: " + "; ".join(exc.trail)
+        raise failure(422, "discovery_failed", detail[:2000]) from None
+    return (
+        body.imap or ServerSettings.of(found.imap), body.smtp or ServerSettings.of(found.smtp),
+        body.username or found.username, found.source,
+    )  # fmt: skip
 
-    @field_validator("email")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        return normalise_address(value)
+
+async def _request(
+    login: LoginIn, state: ApiState, *, email: str, imap: ServerSettings,
+    smtp: ServerSettings | None, username: str | None, display_name: str | None = None,
+) -> LinkRequest:  # fmt: skip
+    """The link request for this login; an OAuth grant is obtained here (a code is spent)."""
+    try:
+        imap_endpoint = imap.endpoint()
+        smtp_endpoint = smtp.endpoint() if smtp else None
+    except ValueError as exc:
+        raise failure(422, "invalid_settings", str(exc)) from None
+    oauth = None
+    if login.oauth is not None:
+        grant = await obtain_grant(state.broker, login.oauth)
+        oauth = OAuthLink(login.oauth.provider, grant)
+    return LinkRequest(
+        email=email, password=login.password, oauth=oauth, imap=imap_endpoint,
+        smtp=smtp_endpoint, display_name=display_name, username=username,
+    )  # fmt: skip
 
 
-class LinkedOut(BaseModel):
-    account_id: str
-    token: str
-    imap: ServerSettings
-    smtp: ServerSettings
-    source: str = Field(description="Where the settings came from: request, provider, ispdb...")
+def _keyring(state: ApiState) -> KeyRing:
+    if state.keyring is None:
+        raise failure(503, "unavailable", "no key ring")
+    return state.keyring
 
 
 @router.post("/accounts", status_code=status.HTTP_201_CREATED, response_model=LinkedOut)
 async def link_account(body: LinkBody, state: StateDep) -> LinkedOut:
-    if state.keyring is None:
-        raise HTTPException(503, detail={"error": "unavailable", "detail": "no key ring"})
-    settings = state.settings
-    policy = ConnectionPolicy(
-        ca_files=settings.tls_ca_file,
-        allow_plaintext=settings.allow_plaintext,
-        allow_private_hosts=settings.allow_private_hosts,
-        timeout=settings.imap_timeout,
-    )
-    imap, smtp_ = body.imap, body.smtp
-    username, source = body.username, "request"
-    if imap is None or smtp_ is None:
-        try:
-            found = await discover(
-                body.email, policy=policy, ispdb_base=settings.ispdb_url, cache=state.discovery
-            )
-        except DiscoveryFailed as exc:
-            detail = "no IMAP/SMTP settings found: " + "; ".join(exc.trail)
-            raise HTTPException(
-                422, detail={"error": "discovery_failed", "detail": detail[:2000]}
-            ) from None
-        imap = imap or ServerSettings.of(found.imap)
-        smtp_ = smtp_ or ServerSettings.of(found.smtp)
-        username, source = username or found.username, found.source
-    try:
-        request = LinkRequest(
-            email=body.email, password=body.password, imap=imap.endpoint(),
-            smtp=smtp_.endpoint(), display_name=body.display_name, username=username,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise HTTPException(422, detail={"error": "invalid_settings", "detail": str(exc)}) from None
+    keyring = _keyring(state)
+    if body.oauth is not None:  # before discovery: a typo in the provider is the user's error
+        known_provider(state.broker, body.oauth)
+    async with state.pool.acquire() as conn:  # before a code is spent on a duplicate
+        if await accounts.find_by_email(conn, email=body.email) is not None:
+            raise failure(409, "already_linked", f"{body.email} is already linked")
+    imap, smtp_, username, source = await _servers(body, state)
+    request = await _request(
+        body, state, email=body.email, imap=imap, smtp=smtp_, username=username,
+        display_name=body.display_name,
+    )  # fmt: skip
     try:
         linked = await link(
-            state.pool, request, keyring=state.keyring, policy=policy, buckets=settings.buckets
-        )
+            state.pool, request, keyring=keyring, policy=policy_of(state.settings),
+            buckets=state.settings.buckets,
+        )  # fmt: skip
     except LinkError as exc:
-        raise HTTPException(
-            _STATUS.get(exc.code, 400), detail={"error": exc.code, "detail": exc.detail}
-        ) from None
+        raise _link_failure(exc) from None
     return LinkedOut(
         account_id=str(linked.account_id), token=linked.token, imap=imap, smtp=smtp_,
-        source=source,
+        source=source, auth="oauth2" if request.oauth else "password",
     )  # fmt: skip
 
 
@@ -118,59 +139,37 @@ async def unlink_account(account_id: AccountIdDep, state: StateDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-class CredentialsBody(BaseModel):
-    password: str = Field(min_length=1, max_length=4096, repr=False)
-    username: str | None = Field(default=None, max_length=320)
-
-
-class CredentialsOut(BaseModel):
-    status: str
-
-
 @router.put("/account/credentials", response_model=CredentialsOut)
 async def replace_credentials(
-    body: CredentialsBody, account_id: AccountIdDep, state: StateDep
+    body: LoginIn, account_id: AccountIdDep, state: StateDep
 ) -> CredentialsOut:
-    """Re-authorise an account (e.g. after ``auth_invalid``): the new login is proven on both
-    servers first, then sealed; the owning worker resumes syncing at its next audit."""
-    if state.keyring is None:
-        raise HTTPException(503, detail={"error": "unavailable", "detail": "no key ring"})
+    """Re-authorise an account (e.g. after ``auth_invalid``) with a new password or OAuth
+    grant: the new login is proven on both servers first, then sealed; the owning worker
+    resumes syncing at its next audit."""
+    keyring = _keyring(state)
     async with state.pool.acquire() as conn:
         record = await accounts.get(conn, account_id=AccountId(account_id))
     if record is None:
-        raise HTTPException(404, detail={"error": "not_found", "detail": "no such account"})
+        raise failure(404, "not_found", "no such account")
     try:
-        imap = ServerSettings(**record.settings["imap"]).endpoint()
+        imap = ServerSettings(**record.settings["imap"])
         smtp_settings = record.settings.get("smtp")
-        smtp = ServerSettings(**smtp_settings).endpoint() if smtp_settings else None
+        smtp = ServerSettings(**smtp_settings) if smtp_settings else None
     except (KeyError, TypeError, ValueError) as exc:
-        raise HTTPException(
-            409, detail={"error": "invalid_settings", "detail": f"stored settings: {exc}"}
-        ) from None
-    settings = state.settings
-    policy = ConnectionPolicy(
-        ca_files=settings.tls_ca_file,
-        allow_plaintext=settings.allow_plaintext,
-        allow_private_hosts=settings.allow_private_hosts,
-        timeout=settings.imap_timeout,
-    )
-    username = body.username or _stored_username(state.keyring, record)
-    request = LinkRequest(
-        email=record.email, password=body.password, imap=imap, smtp=smtp, username=username,
+        raise failure(409, "invalid_settings", f"stored settings: {exc}") from None
+    request = await _request(
+        body, state, email=record.email, imap=imap, smtp=smtp,
+        username=body.username or _stored_username(keyring, record),
     )  # fmt: skip
+    policy = policy_of(state.settings)
     try:
         await verify_imap(request, policy)
         await verify_smtp(request, policy)
     except LinkError as exc:
-        raise HTTPException(
-            _STATUS.get(exc.code, 400), detail={"error": exc.code, "detail": exc.detail}
-        ) from None
-    secret = {"password": body.password}
-    if username:
-        secret["username"] = username
+        raise _link_failure(exc) from None
     await store_credentials(
-        state.pool, state.keyring, account_id=AccountId(account_id), secret=secret,
-        auth_kind="password",
+        state.pool, keyring, account_id=AccountId(account_id), secret=request.secret(),
+        auth_kind=request.auth_kind,
     )  # fmt: skip
     return CredentialsOut(status="active")
 

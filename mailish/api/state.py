@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from mailish.config import Settings
 from mailish.mail.autoconfig.discovering import DiscoveryCache
 from mailish.mail.credentials import KeyRing
+from mailish.mail.oauth.broker import TokenBroker
 from mailish.store.connecting import Pool
 
 
@@ -18,6 +19,8 @@ class ApiState:
     settings: Settings
     pool: Pool
     keyring: KeyRing | None = None
+    #: OAuth2 token endpoints and the access-token cache (POST /v1/accounts with ``oauth``).
+    broker: TokenBroker | None = None
     #: Autoconfig results per domain for this process (POST /v1/accounts without settings).
     discovery: DiscoveryCache = field(default_factory=DiscoveryCache)
 

@@ -14,7 +14,6 @@ from mailish.cli.accounts import policy_from
 from mailish.cli.database import database, migrate_to_latest, next_local_epoch
 from mailish.cli.jobs import Job, run_jobs, stop_on_signals
 from mailish.cli.keys import keyring
-from mailish.cli.oauth_setup import broker_from
 from mailish.cli.probes import ProbeServer
 from mailish.cli.serving import ApiServer
 from mailish.config import Settings
@@ -24,6 +23,8 @@ from mailish.kube.assigning import KubeAssigner
 from mailish.kube.client import KubeClient
 from mailish.kube.connecting import load_connection
 from mailish.kube.leasing import LeaseTiming
+from mailish.observability import crashpoints
+from mailish.services.brokers import broker_from, close_broker
 from mailish.store import connecting, migrating
 from mailish.worker.account_sync import SyncTuning
 from mailish.worker.assigning import Assigner, StaticAssigner
@@ -37,7 +38,8 @@ async def up(settings: Settings, _args: argparse.Namespace) -> int:
     async with stop_on_signals() as stop, database(settings) as dsn:
         await migrate_to_latest(dsn, settings)
         ring = keyring(settings, local=True)
-        api = ApiServer(create_app(settings, dsn=dsn, keyring=ring), settings)
+        broker = broker_from(settings, ring)  # one per process: the API and the worker share it
+        api = ApiServer(create_app(settings, dsn=dsn, keyring=ring, broker=broker), settings)
         api.bind()
         pool = await connecting.connect_pool(dsn, min_size=1, max_size=settings.db_pool_max)
         try:
@@ -51,7 +53,7 @@ async def up(settings: Settings, _args: argparse.Namespace) -> int:
                 policy=policy_from(settings),
                 tuning=worker_tuning(settings),
                 dsn=dsn,
-                broker=broker_from(settings),
+                broker=broker,
             )
             print(
                 f"mailish is up: API http://{settings.api_host}:{api.port} "
@@ -63,6 +65,7 @@ async def up(settings: Settings, _args: argparse.Namespace) -> int:
             await run_jobs(stop, [Job("api", api.serve, api.stop), Job("worker", worker.run)])
         finally:
             await pool.close()
+            await close_broker(broker)
     return 0
 
 
@@ -82,8 +85,10 @@ async def worker(settings: Settings, _args: argparse.Namespace) -> int:
     every bucket at a fresh epoch."""
     dsn = _required_dsn(settings)
     ring = keyring(settings, local=False)
+    crashpoints.arm_from_environment(os.environ)  # tests only; see the module docstring
     await _check_schema(dsn, settings)
     kube: KubeClient | None = None
+    broker = broker_from(settings, ring)
     async with stop_on_signals() as stop:
         pool = await connecting.connect_pool(dsn, min_size=1, max_size=settings.db_pool_max)
         try:
@@ -108,7 +113,7 @@ async def worker(settings: Settings, _args: argparse.Namespace) -> int:
                 policy=policy_from(settings),
                 tuning=worker_tuning(settings),
                 dsn=dsn,
-                broker=broker_from(settings),
+                broker=broker,
             )
             jobs = [Job("worker", worker.run)]
             if settings.metrics_port is not None:
@@ -121,6 +126,7 @@ async def worker(settings: Settings, _args: argparse.Namespace) -> int:
             if kube is not None:
                 await kube.aclose()
             await pool.close()
+            await close_broker(broker)
     return 0
 
 

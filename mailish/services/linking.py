@@ -15,12 +15,14 @@ from mailish.domain.buckets import bucket_for
 from mailish.domain.endpoints import Endpoint, PlaintextRefused
 from mailish.domain.errors import AuthError, MailishError, ProtocolError, TLSError, Unreachable
 from mailish.domain.ids import AccountId, new_account_id
-from mailish.domain.logins import PasswordLogin
+from mailish.domain.logins import Login, OAuth2Login, PasswordLogin
 from mailish.mail import smtp
 from mailish.mail.credentials import KeyRing
 from mailish.mail.hosts import ForbiddenAddress, resolve_checked
 from mailish.mail.imap.connection import ConnectionLost, ImapConnection, ImapSettings
+from mailish.mail.oauth.broker import TokenGrant
 from mailish.mail.policy import ConnectionPolicy
+from mailish.services.oauth_login import OAUTH2, oauth_secret
 from mailish.store import accounts, tokens
 from mailish.store.connecting import Pool
 
@@ -35,16 +37,52 @@ class LinkError(MailishError):
 
 
 @dataclass(frozen=True, slots=True)
+class OAuthLink:
+    """An OAuth2 grant obtained for linking: the provider it came from and its tokens."""
+
+    provider: str
+    grant: TokenGrant
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LinkRequest:
+    """What to link: the servers and exactly one of a password or an OAuth2 grant."""
+
     email: str
-    password: str
     imap: Endpoint
     smtp: Endpoint | None
+    password: str | None = None
+    oauth: OAuthLink | None = None
     display_name: str | None = None
     username: str | None = None
 
+    def __post_init__(self) -> None:
+        if (self.password is None) == (self.oauth is None):
+            raise ValueError("give either a password or an OAuth2 grant")
+
     def __repr__(self) -> str:
         return f"LinkRequest(email={self.email!r}, imap={self.imap}, smtp={self.smtp})"
+
+    @property
+    def auth_kind(self) -> str:
+        return OAUTH2 if self.oauth is not None else "password"
+
+    def login(self) -> Login:
+        username = self.username or self.email
+        if self.oauth is not None:
+            return OAuth2Login(username, self.oauth.grant.access_token)
+        assert self.password is not None  # __post_init__
+        return PasswordLogin(username, self.password)
+
+    def secret(self) -> dict[str, str]:
+        """What gets sealed into the account row."""
+        if self.oauth is not None:
+            return oauth_secret(self.oauth.provider, self.oauth.grant, username=self.username)
+        assert self.password is not None
+        secret = {"password": self.password}
+        if self.username:
+            secret["username"] = self.username
+        return secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +119,7 @@ async def verify_imap(request: LinkRequest, policy: ConnectionPolicy) -> None:
     except Exception as exc:
         raise _classify(exc) from exc
     try:
-        await conn.login(PasswordLogin(request.username or request.email, request.password))
+        await conn.login(request.login())
     except Exception as exc:
         raise _classify(exc) from exc
     finally:
@@ -101,9 +139,7 @@ async def verify_smtp(request: LinkRequest, policy: ConnectionPolicy) -> None:
         timeout=policy.timeout,
     )  # fmt: skip
     try:
-        await smtp.verify_login(
-            settings, PasswordLogin(request.username or request.email, request.password)
-        )
+        await smtp.verify_login(settings, request.login())
     except Exception as exc:
         raise _classify(exc) from exc
 
@@ -127,10 +163,7 @@ async def link(
     await verify_imap(request, policy)
     await verify_smtp(request, policy)
     account_id = new_account_id()
-    secret = {"password": request.password}
-    if request.username:
-        secret["username"] = request.username
-    sealed = keyring.encrypt(account_id, secret)
+    sealed = keyring.encrypt(account_id, request.secret())
     settings: dict[str, Any] = {"imap": _endpoint_json(request.imap)}
     if request.smtp is not None:
         settings["smtp"] = _endpoint_json(request.smtp)
@@ -140,7 +173,8 @@ async def link(
             raise LinkError("already_linked", f"{request.email} is already linked")
         await accounts.create(
             conn, account_id=account_id, email=request.email, display_name=request.display_name,
-            bucket=bucket, provider=None, settings=settings, auth_kind="password",
+            bucket=bucket, provider=request.oauth.provider if request.oauth else None,
+            settings=settings, auth_kind=request.auth_kind,
             credentials=sealed, key_id=keyring.primary,
         )  # fmt: skip
         token = await tokens.issue(conn, account_id=account_id, label="linked")

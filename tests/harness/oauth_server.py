@@ -20,9 +20,12 @@ import secrets
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+
+import pytest
 
 from tests.harness.ca import LocalCA
 from tests.harness.oauth import make_token
@@ -148,3 +151,20 @@ class OAuthServer:
         if self.rotate or grant == "authorization_code":
             body["refresh_token"] = self.issue_refresh_token(user)
         return 200, body
+
+
+@pytest.fixture
+def oauth_server(test_ca: LocalCA) -> Iterator[OAuthServer]:
+    """A fresh token endpoint per test (tests change ``ttl``, ``rotate``, ``fail_with``)."""
+    server = OAuthServer(test_ca)
+    server.start()
+    yield server
+    server.stop()
+
+
+def provider_config(server: OAuthServer, **extra: object) -> dict[str, object]:
+    """The ``MAILISH_OAUTH_PROVIDERS`` entry for this endpoint (provider ``test``)."""
+    return {
+        "token_url": server.token_url, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "scopes": ["mail"], **extra,
+    }  # fmt: skip

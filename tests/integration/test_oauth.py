@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -37,12 +37,9 @@ TTL = 3
 MARGIN = 1.0
 
 
-@pytest.fixture
-def oauth_server(test_ca: LocalCA) -> Iterator[OAuthServer]:
-    server = OAuthServer(test_ca, ttl=TTL)
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture(autouse=True)
+def short_lived_tokens(oauth_server: OAuthServer) -> None:
+    oauth_server.ttl = TTL
 
 
 def make_broker(server: OAuthServer, ca: LocalCA) -> TokenBroker:
