@@ -6,9 +6,6 @@ import argparse
 import asyncio
 import base64
 import secrets
-import subprocess
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -29,8 +26,8 @@ from mailish.store import credentials as stored
 from mailish.store.connecting import Conn, Pool
 from tests.harness.ca import LocalCA
 from tests.harness.dovecot import Dovecot
+from tests.harness.dumps import pg_dump
 
-PG_DUMP = Path("/usr/lib/postgresql/15/bin/pg_dump")
 K1, K2 = new_key(), new_key()
 
 
@@ -57,21 +54,6 @@ async def add_account(pool: Pool, ring: KeyRing, secret: dict[str, str]) -> Acco
 async def all_blobs(pool: Pool) -> dict[AccountId, bytes]:
     async with pool.acquire() as conn:
         return dict(await stored.batch_after(conn, after=None, limit=1000))
-
-
-def pg_dump(dsn: str) -> bytes:
-    """pg_dump over the test server's unix socket (the DSN carries host= and port=)."""
-    parts = urlsplit(dsn)
-    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    argv = [str(PG_DUMP), "--no-password", "-U", parts.username or "postgres",
-            "-d", parts.path.lstrip("/")]  # fmt: skip
-    if "host" in query:
-        argv += ["-h", query["host"]]
-    elif parts.hostname:
-        argv += ["-h", parts.hostname]
-    if "port" in query or parts.port:
-        argv += ["-p", str(query.get("port") or parts.port)]
-    return subprocess.run(argv, check=True, capture_output=True, timeout=30).stdout
 
 
 async def test_rotate_reencrypts_under_the_primary_and_logins_still_work(
