@@ -14,7 +14,9 @@ SECRET_LOOKING = re.compile(
     r"(postgres(ql)?://|://[^/\s]*:[^@\s]*@|client_secret|-----BEGIN|^[\w-]+:[A-Za-z0-9+/]{40,}={0,2}$)",
     re.IGNORECASE,
 )
-SECRET_NAMES = ("DATABASE_URL", "SECRET_KEYS", "OAUTH_PROVIDERS", "PASSWORD", "TOKEN")
+SECRET_NAMES = (
+    "DATABASE_URL", "SECRET_KEYS", "OAUTH_PROVIDERS", "REDIS_URL", "PASSWORD", "TOKEN",
+)  # fmt: skip
 
 
 def pod_specs(docs: list[dict]) -> Iterator[tuple[dict, dict]]:
@@ -51,13 +53,15 @@ def test_credentials_come_only_from_secrets(docs: list[dict]) -> None:
                 if "value" in env:
                     assert not SECRET_LOOKING.search(env["value"]), f"{name} is a literal"
                     assert not name.endswith(SECRET_NAMES), f"{name} is a literal value"
-                if name in ("MAILISH_DATABASE_URL", "MAILISH_SECRET_KEYS"):
+                if name in ("MAILISH_DATABASE_URL", "MAILISH_SECRET_KEYS", "MAILISH_REDIS_URL"):
                     assert "secretKeyRef" in env["valueFrom"], name
             for source in container.get("envFrom", []):
                 assert "secretRef" in source or "configMapRef" in source
         if component(doc) in ("api", "worker"):
             names = {e["name"] for c in containers(spec) for e in c.get("env", [])}
             assert {"MAILISH_DATABASE_URL", "MAILISH_SECRET_KEYS_FILE"} <= names
+            if any(d["kind"] == "Secret" and "redis-url" in d.get("stringData", {}) for d in docs):
+                assert "MAILISH_REDIS_URL" in names  # the shared token cache reaches every pod
             secret_volumes = [v for v in spec["volumes"] if "secret" in v]
             assert secret_volumes, "the key ring is mounted from a Secret"
 

@@ -59,6 +59,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: MAILISH_OAUTH_PROVIDERS_FILE
   value: /etc/mailish/secrets/oauth-providers
 {{- end }}
+{{- if .Values.secrets.redis }}
+- name: MAILISH_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mailish.secretName" . }}
+      key: {{ .Values.secrets.keys.redisUrl }}
+{{- end }}
 {{- end }}
 
 {{- define "mailish.secretVolume" -}}
