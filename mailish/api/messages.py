@@ -260,7 +260,13 @@ async def get_raw(id: IdPath, account_id: AccountIdDep, pool: PoolDep) -> Respon
 @router.get(
     "/messages/{id}/attachments/{attachment_id}",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "the part"}},
+    # Any type: the part's own (made safe by sanitizing.download_type), not only octet-stream.
+    responses={
+        200: {
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the decoded part, in its own content type",
+        }
+    },
 )
 async def get_attachment(
     id: IdPath, attachment_id: IdPath, account_id: AccountIdDep, pool: PoolDep

@@ -202,10 +202,17 @@ async def rename_folder(conn: Conn, *, account_id: UUID, folder_id: int, name: s
     old_path = folder["path"]
     new_path = old_path[: len(old_path) - len(folder["name"])] + name
     subtree = await conn.fetch(SUBTREE, account_id, folder_id, old_path, delimiter)
-    for item in subtree:
-        path = new_path + item["path"][len(old_path) :]
-        leaf = name if item["id"] == folder_id else item["name"]
-        await conn.execute(SET_NAMES, account_id, item["id"], path, encode_mailbox_name(path), leaf)
+    try:
+        for item in subtree:
+            path = new_path + item["path"][len(old_path) :]
+            leaf = name if item["id"] == folder_id else item["name"]
+            await conn.execute(
+                SET_NAMES, account_id, item["id"], path, encode_mailbox_name(path), leaf
+            )
+    except Exception as exc:  # unique violation: a folder already has one of the new paths
+        if "unique" in str(exc).lower():
+            raise Conflict(f"folder {new_path!r} already exists") from exc
+        raise
     await _record(conn, account_id, "folder", "updated", [r["id"] for r in subtree])
     op = await operations.enqueue(
         conn, account_id=account_id, kind="rename_folder",
