@@ -18,11 +18,13 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import aiosmtplib
+from aiosmtplib.typing import Default
 
 from mailish.domain.endpoints import Endpoint, Security, check_policy
 from mailish.domain.errors import (
@@ -97,7 +99,26 @@ async def _checked_socket(settings: SmtpSettings) -> socket.socket | None:
     return sock
 
 
-async def _connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
+class _Client(aiosmtplib.SMTP):
+    """aiosmtplib's client with one hook: ``before_data`` is awaited after the envelope was
+    accepted, right before DATA: the last moment at which the message surely has not reached
+    the server. The sender records that moment durably (see ``worker/sending.py``)."""
+
+    before_data: Callable[[], Awaitable[None]] | None = None
+
+    async def data(
+        self,
+        message: str | bytes,
+        /,
+        *,
+        timeout: float | Literal[Default.token] | None = Default.token,  # noqa: ASYNC109
+    ) -> aiosmtplib.SMTPResponse:
+        if self.before_data is not None:
+            await self.before_data()
+        return await super().data(message, timeout=timeout)
+
+
+async def _connect(settings: SmtpSettings) -> _Client:
     """A connected client, TLS in place (implicit or STARTTLS); nothing sent beyond EHLO."""
     check_policy(settings.endpoint, allow_plaintext=settings.allow_plaintext)
     endpoint = settings.endpoint
@@ -108,7 +129,7 @@ async def _connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
         raise Unreachable(f"SMTP {endpoint}: cannot connect ({exc})") from exc
     except TimeoutError as exc:
         raise Unreachable(f"SMTP {endpoint}: cannot connect (timeout)") from exc
-    client = aiosmtplib.SMTP(
+    client = _Client(
         hostname=endpoint.host,
         port=None if sock is not None else endpoint.port,
         sock=sock,
@@ -203,13 +224,27 @@ async def send_raw(
     envelope_from: str,
     recipients: Sequence[str],
     message: bytes,
+    before_data: Callable[[], Awaitable[None]] | None = None,
 ) -> SendResult:
-    """Submit ``message`` unchanged. Refused recipients are reported, not raised, unless all are."""
+    """Submit ``message`` unchanged. Refused recipients are reported, not raised, unless all are.
+
+    ``before_data`` runs once the envelope is accepted, right before DATA; if it raises,
+    nothing is sent. Only a connection lost after it ran is reported "during data": only
+    from then on may the server have taken the message.
+    """
     client = await _connect(settings)
     stage = "login"
+
+    async def entering_data() -> None:
+        nonlocal stage
+        if before_data is not None:
+            await before_data()
+        stage = "data"
+
+    client.before_data = entering_data
     try:
         await _authenticate(client, login)
-        stage = "data"
+        stage = "envelope"
         refused_raw, reply_text = await client.sendmail(envelope_from, list(recipients), message)
         refused = {addr: SmtpReply(r.code, r.message) for addr, r in refused_raw.items()}
         accepted = tuple(r for r in recipients if r not in refused)

@@ -59,6 +59,21 @@ UPDATE messages SET uid = coalesce($3, uid), pending_from_folder = NULL,
     pending_from_uid = NULL, updated_at = now()
 WHERE account_id = $1 AND id = $2
 """
+# The moved message, already stored by sync under its new UID in the target folder (the worker
+# died between MOVE and recording it, and sync ran first after the restart).
+TWIN_IN_TARGET = """
+SELECT t.id, t.uid, t.flags, t.seen, t.flagged, t.server_modseq
+FROM messages m JOIN messages t ON t.account_id = m.account_id AND t.folder_id = m.folder_id
+    AND t.stable_id = m.stable_id AND t.id <> m.id AND t.uid > 0 AND t.expunged_at IS NULL
+WHERE m.account_id = $1 AND m.id = $2 AND m.uid < 0
+ORDER BY t.created_at DESC LIMIT 1
+"""
+DROP_MESSAGE = "DELETE FROM messages WHERE account_id = $1 AND id = $2"
+TAKE_OVER = """
+UPDATE messages SET uid = $3, flags = $4, seen = $5, flagged = $6, server_modseq = $7,
+    pending_from_folder = NULL, pending_from_uid = NULL, updated_at = now()
+WHERE account_id = $1 AND id = $2
+"""
 INSERT_FOLDER = """
 INSERT INTO folders (account_id, path, raw_name, name, delimiter, parent_id, selectable)
 VALUES ($1, $2, $3, $4, $5, $6, true) RETURNING id
@@ -241,7 +256,21 @@ async def delete_folder(conn: Conn, *, account_id: UUID, folder_id: int) -> int:
 
 
 async def finish_move(conn: Conn, *, account_id: UUID, message_id: int, uid: int | None) -> None:
-    await conn.execute(FINISH_MOVE, account_id, message_id, uid)
+    """Record the moved message's new UID. ``None``: the MOVE had already happened (its worker
+    died before this commit) and the UID is unknown. Sync adopts the row when it meets the
+    message in the target folder; if sync met it first, the row it created is a twin: it is
+    dropped and this row, with the id clients know, takes its UID and flags."""
+    twin = None if uid is not None else await conn.fetchrow(TWIN_IN_TARGET, account_id, message_id)
+    if twin is None:
+        await conn.execute(FINISH_MOVE, account_id, message_id, uid)
+        return
+    await conn.execute(DROP_MESSAGE, account_id, twin["id"])
+    await conn.execute(
+        TAKE_OVER, account_id, message_id, twin["uid"], twin["flags"], twin["seen"],
+        twin["flagged"], twin["server_modseq"],
+    )  # fmt: skip
+    await _record(conn, account_id, "message", "destroyed", [twin["id"]])
+    await _record(conn, account_id, "message", "updated", [message_id])
 
 
 async def finish_folder(conn: Conn, *, account_id: UUID, folder_id: int, drop: bool) -> None:

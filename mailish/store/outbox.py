@@ -2,17 +2,21 @@
 
 States::
 
-    queued ──claim (fenced)──► sending ──250──────────► sent
-      ▲  │                        │ ──some refused──► partially_sent
-      │  └──cancel (send_at ahead)► cancelled
-      │                           │ ──5xx──► failed
-      └─────4xx, backoff──────────┤
-                                  └──lost after DATA──► unknown ──Sent has it──► sent
-                                                             └──not there──► queued (once)
+    queued ──claim (fenced)──► sending ──envelope accepted (fenced)──► unknown ──250──► sent
+      ▲  │                        │                                     │ └─some refused─►
+      │  └─cancel (send_at ahead)► cancelled                             │   partially_sent
+      │                           └──5xx──► failed ◄──5xx────────────────┤
+      └──────4xx, backoff─────────────────────────────────────────────────┘
 
-A row found in ``sending`` by a later claim (its worker died or was fenced mid-send) is
-treated as ``unknown``: the message may or may not have left, so the Sent folder decides.
-Accepted recipients are remembered, so a retry never sends to them again.
+    unknown, and its worker or connection was lost ──Sent has it──► sent
+                                                   └──not there──► failed ("outcome unknown")
+
+``sending`` means DATA has not started: a row found there by a later claim (its worker died
+or was fenced) is sent again safely. ``unknown`` means the server may have the message: it
+is never sent again (mail goes out at most once), a Sent copy filed by the provider settles
+it as sent, and otherwise it ends ``failed`` with an "outcome unknown" error for the user to
+judge. Claiming an ``unknown`` row keeps it ``unknown``. Accepted recipients are remembered,
+so a retry never sends to them again.
 """
 
 from __future__ import annotations
@@ -61,10 +65,14 @@ WHERE account_id = ANY($1::uuid[]) AND send_at <= now()
   AND status IN ('queued', 'unknown', 'sending')
 """
 CLAIM = """
-UPDATE outbox SET status = 'sending', claimed_epoch = $3, attempts = attempts + 1,
-    updated_at = now()
+UPDATE outbox SET status = CASE WHEN status = 'unknown' THEN 'unknown' ELSE 'sending' END,
+    claimed_epoch = $3, attempts = attempts + 1, updated_at = now()
 WHERE account_id = $1 AND id = $2 AND status = $4
 RETURNING id
+"""
+IN_DOUBT = """
+UPDATE outbox SET status = 'unknown', updated_at = now()
+WHERE account_id = $1 AND id = $2 AND status = 'sending'
 """
 FINISH = """
 UPDATE outbox SET status = $3, accepted = $4, refused = $5, error = $6, updated_at = now(),
@@ -171,6 +179,11 @@ async def claim(
     """Inside a fenced transaction: take the row for sending (compare-and-set on status)."""
     won = await conn.fetchval(CLAIM, account_id, outbox_id, epoch, from_status)
     return won is not None
+
+
+async def mark_in_doubt(conn: Conn, *, account_id: UUID, outbox_id: UUID) -> None:
+    """Inside a fenced transaction, right before DATA: from now on the server may have it."""
+    await conn.execute(IN_DOUBT, account_id, outbox_id)
 
 
 async def finish(

@@ -26,6 +26,7 @@ from mailish.mail.imap import wire
 from mailish.mail.imap.connection import ImapConnection, ImapError, ImapSettings
 from mailish.mail.imap.session import ImapSession, ListedMailbox
 from mailish.mail.smtp import SmtpSettings
+from mailish.observability.crashpoints import crash_point
 from mailish.observability.logs import bind
 from mailish.store import accounts, changes, claims, folders, messages
 from mailish.store.connecting import Pool
@@ -179,6 +180,7 @@ class AccountSync:
             # A queued create/rename/delete is in flight; mirror on the next round.
             return [f for f in stored if not f.deleting]
         listed = await session.list_mailboxes()
+        crash_point("sync.listed")
         old_paths = {f.path for f in stored}
         # A known path keeps its row even if its UIDVALIDITY changed: the folder's state
         # machine remaps that by stable id. UIDVALIDITY only matters for spotting renames.
@@ -231,6 +233,7 @@ class AccountSync:
                     )  # fmt: skip
             await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
             result = await folders.list_folders(conn, account_id=self.account_id)
+        crash_point("sync.mirrored")
         if diff.created or diff.deleted or diff.renamed:
             log.info(
                 "folders: %d created, %d deleted, %d renamed",

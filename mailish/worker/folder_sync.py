@@ -22,6 +22,7 @@ from mailish.domain.buckets import BucketLease
 from mailish.domain.errors import Fenced
 from mailish.mail.imap.session import FetchedMessage, ImapSession
 from mailish.observability import metrics
+from mailish.observability.crashpoints import crash_point
 from mailish.store import accounts, changes, claims, folders, messages
 from mailish.store.connecting import Conn, Pool
 from mailish.store.folders import StoredFolder
@@ -117,10 +118,12 @@ class FolderSync:
                         folder_id=self.folder.id,
                     )  # fmt: skip
                     await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
+                crash_point("sync.saved")
         return sm.Done()
 
     async def _open(self, known: tuple[int, int] | None) -> sm.Opened:
         selected = await self.session.select(self.folder.raw_name, readonly=True, known=known)
+        crash_point("sync.selected")
         used_qresync = (
             known is not None and self.session.qresync and known[0] == selected.uidvalidity
         )
@@ -165,7 +168,9 @@ class FolderSync:
         async with self.pool.acquire() as conn:
             already = await messages.present(conn, folder_id=self.folder.id, uids=uids)
         wanted = [u for u in uids if u not in already]
-        return await self.session.fetch_messages(wanted) if wanted else []
+        fetched = await self.session.fetch_messages(wanted) if wanted else []
+        crash_point("sync.fetched")
+        return fetched
 
     @staticmethod
     def _build(fetched: list[FetchedMessage]) -> list[domain_messages.SyncedMessage]:
@@ -198,6 +203,7 @@ class FolderSync:
             await folders.save_state(
                 conn, account_id=self.account_id, folder_id=self.folder.id, state=then
             )
+        crash_point("sync.stored")
         if self.on_progress is not None and stored:
             self.on_progress(stored)
         if then.phase is sm.Phase.SYNCED:  # new mail, not history: how fresh is the store
@@ -227,6 +233,10 @@ class FolderSync:
                 conn, account_id=self.account_id, modseq=await modseq.get(),
                 folder_id=self.folder.id,
             )  # fmt: skip
+        if normalised:
+            crash_point("sync.flags_applied")
+        if vanished:
+            crash_point("sync.expunged")
 
     async def _diff(self, low: int, below: int) -> sm.Diffed:
         if below <= low:
@@ -247,11 +257,13 @@ class FolderSync:
                     emailid=h.emailid, gm_msgid=h.gm_msgid, header=h.header, size=h.size
                 )
                 server.setdefault(sid, []).append((h.uid, domain_messages.normalise_flags(h.flags)))
+        crash_point("sync.remap_fetched")
         async with self._write() as (conn, modseq):
             kept, dropped = await messages.remap(
                 conn, account_id=self.account_id, folder_id=self.folder.id,
                 modseq=await modseq.get(), server=server,
             )  # fmt: skip
+        crash_point("sync.remapped")
         log.warning(
             "folder UIDVALIDITY changed: %d messages re-mapped by stable id, %d gone",
             kept, dropped, extra={"folder_id": self.folder.id},

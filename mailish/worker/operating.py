@@ -23,6 +23,7 @@ from mailish.domain.errors import MailishError, PermanentError
 from mailish.mail.imap.connection import ImapError
 from mailish.mail.imap.session import ImapSession
 from mailish.observability import metrics
+from mailish.observability.crashpoints import crash_point
 from mailish.store import claims, drafts, local_changes, operations, views
 from mailish.store.connecting import Pool
 from mailish.worker.supervising import Backoff
@@ -69,6 +70,7 @@ class Executor:
             await operations.set_running(
                 conn, account_id=self.account_id, operation_id=op.id, epoch=self.lease.epoch
             )
+        crash_point("ops.claimed")
         metrics.user_operations.labels(status="running").inc()
         try:
             await self._imap(op)
@@ -87,8 +89,10 @@ class Executor:
                 return 1
             await self._retry(op, str(exc), self.backoff.delay(op.attempts))
             raise  # the connection is probably gone; the account loop reconnects
+        crash_point("ops.applied")
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
             await operations.set_done(conn, account_id=self.account_id, operation_id=op.id)
+        crash_point("ops.done")
         metrics.user_operations.labels(status="done").inc()
         return 1
 
@@ -108,6 +112,7 @@ class Executor:
                 await self.session.select(row["folder_raw"], readonly=False)
                 if row["uid"] > 0:
                     await self.session.store_flags([row["uid"]], "+FLAGS.SILENT", ["\\Deleted"])
+                    crash_point("ops.expunge_flagged")
                     await self.session.expunge([row["uid"]])
             return
         if op.kind in {"save_draft", "delete_draft"}:
@@ -148,6 +153,7 @@ class Executor:
         if source_uid in still_there:
             mapping = await self.session.move([source_uid], r["folder_raw"])
             new_uid = mapping.get(source_uid)
+            crash_point("ops.moved")
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
             await local_changes.finish_move(
                 conn,

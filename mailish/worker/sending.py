@@ -3,11 +3,17 @@
 Every row is claimed in a fenced transaction before the SMTP conversation, so a worker that
 lost its bucket never sends. Results are recorded per recipient: refused ones are listed,
 accepted ones are never sent to again. A 4xx is retried with backoff up to ``MAX_ATTEMPTS``;
-a 5xx fails with the server's reason. If the connection drops after DATA, nobody knows
-whether the server took the message: the row becomes ``unknown`` and, before anything is
-retried, the Sent folder is searched for its Message-ID (providers that file their own copy
-settle it); only if it is absent is the message sent again, once, with the same Message-ID.
-After a send, a copy goes to Sent (with \\Seen) unless the provider already filed one.
+a 5xx fails with the server's reason.
+
+Mail goes out at most once. Right before DATA (the envelope accepted) the row is marked
+``unknown`` in a fenced transaction: from then on the server may have the message. If the
+connection drops, or the worker dies, before the outcome is recorded, nobody knows whether the
+server took it, so it is never sent again: the Sent folder is searched for its Message-ID
+(providers that file their own copy settle it as sent), and otherwise the row fails with an
+"outcome unknown" error for the user to judge (RFC 1047: resending would most likely deliver
+it twice). A row still ``sending`` never reached DATA and is sent normally.
+After a send, a copy goes to Sent (with \\Seen) unless the provider already filed one, before
+the send is recorded: a crash in between leaves an ``unknown`` row that the copy settles.
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ from mailish.mail import smtp
 from mailish.mail.imap.connection import ImapError
 from mailish.mail.imap.session import ImapSession
 from mailish.observability import metrics
+from mailish.observability.crashpoints import crash_point
 from mailish.store import claims, outbox, views
 from mailish.store.connecting import Pool
 from mailish.worker.supervising import Backoff
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
+OUTCOME_UNKNOWN = (
+    "outcome unknown: the connection or the worker was lost after DATA began, so the server "
+    "may have accepted the message; it was not sent again to avoid a duplicate"
+)
 
 
 @dataclass
@@ -59,8 +70,13 @@ class Sender:
                 from_status=item.status,
             ):  # fmt: skip
                 return  # cancelled or taken meanwhile
+        crash_point("send.claimed")
         if item.status in ("unknown", "sending") and await self._in_sent(item.message_id):
             await self._finish(item, "sent", item.recipients, {}, None)
+            return
+        if item.status == "unknown":
+            metrics.send_errors.labels(reason="unknown").inc()
+            await self._finish(item, "failed", item.accepted, {}, OUTCOME_UNKNOWN)
             return
         if self.smtp is None:
             await self._finish(item, "failed", item.accepted, {}, "account has no SMTP server")
@@ -69,7 +85,9 @@ class Sender:
             result = await smtp.send_raw(
                 self.smtp, self.login, envelope_from=item.envelope_from,
                 recipients=list(item.remaining), message=item.raw,
+                before_data=lambda: self._mark_in_doubt(item),
             )  # fmt: skip
+            crash_point("send.accepted")
         except (smtp.SmtpRejected, AuthError) as exc:
             metrics.send_errors.labels(
                 reason="auth" if isinstance(exc, AuthError) else "rejected"
@@ -94,8 +112,15 @@ class Sender:
         status = "partially_sent" if refused else "sent"
         if refused:
             metrics.send_errors.labels(reason="rejected").inc()
-        await self._finish(item, status, accepted, refused, None)
         await self._file_sent_copy(item)
+        crash_point("send.filed")
+        await self._finish(item, status, accepted, refused, None)
+        crash_point("send.recorded")
+
+    async def _mark_in_doubt(self, item: outbox.Pending) -> None:
+        async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
+            await outbox.mark_in_doubt(conn, account_id=self.account_id, outbox_id=item.id)
+        crash_point("send.in_doubt")
 
     async def _sent_folder(self) -> str | None:
         async with self.pool.acquire() as conn:
@@ -139,8 +164,7 @@ class Sender:
         log.info("outbox %s: %s", item.id, status)
 
     async def _retry(self, item: outbox.Pending, status: str, error: str) -> None:
-        if item.attempts + 1 >= MAX_ATTEMPTS or (status == "unknown" and item.status == "unknown"):
-            # an unknown outcome is retried once only: the Sent search decided "absent" once
+        if item.attempts + 1 >= MAX_ATTEMPTS:
             await self._finish(item, "failed", item.accepted, {}, f"gave up: {error}")
             return
         delay = dt.timedelta(

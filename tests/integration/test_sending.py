@@ -215,6 +215,28 @@ async def test_ambiguous_ack_resolved_by_the_providers_sent_copy(
     assert len(copies.split()) == 2  # one message: the provider's copy, none appended
 
 
+async def test_ambiguous_ack_without_a_sent_copy_is_not_sent_twice(
+    api: RunningApi, dovecot: Dovecot, smtp_server: SmtpServer, account: dict[str, object],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The server takes the message and drops the line before its 250, and files no copy:
+    nobody knows whether it went out, so it is not sent again (RFC 1047); the user is told."""
+    user = account["user"]
+    assert isinstance(user, MailUser)
+    monkeypatch.setattr(smtp_server, "drop_after_data", True)
+    async with client_for(api, account["token"]) as client:
+        answer = await client.post(
+            "/v1/send", json={"to": ["a@example.org"], "subject": "maybe", "text": "x"},
+            headers={"Idempotency-Key": "maybe"},
+        )  # fmt: skip
+        body = await settle(client, answer.json()["operation_id"], limit=40)
+    assert body["status"] == "failed", body
+    assert str(body["error"]).startswith("outcome unknown")
+    assert len(smtp_server.received_by(user.name)) == 1
+    found = dovecot.doveadm("search", "-u", user.name, "mailbox", "Sent", "SUBJECT", "maybe")
+    assert found.split() == []
+
+
 async def test_undo_within_the_window_sends_nothing(
     api: RunningApi, smtp_server: SmtpServer, account: dict[str, object]
 ) -> None:
