@@ -60,6 +60,7 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]{1,75})\?([bBqQ])\?([^?]*)\?=")
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_JUNK = bytes(b for b in range(256) if b not in _B64_ALPHABET)
 _B64_BAD = re.compile(rb"[^A-Za-z0-9+/=\s]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9._:+-]")
 
 
@@ -180,9 +181,7 @@ def clean_text(text: str) -> str:
     """Drop NUL characters and lone surrogates, which PostgreSQL text columns cannot store."""
     if "\x00" in text:
         text = text.replace("\x00", "")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not text.isascii() and _SURROGATE.search(text):  # a scan, not a copy of a 50 MB body
         text = text.encode("utf-8", "replace").decode("utf-8")
     return text
 

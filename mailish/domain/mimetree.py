@@ -21,10 +21,22 @@ from mailish.domain.charsets import clean_text, decode_text, decode_transfer, de
 
 _HEADER_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+# After "--boundary": "--" if closing, transport padding, then the end of the line (RFC 2046).
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t\r]{0,78}(?:\n|\Z)")
 _META_CHARSET = re.compile(rb"<meta[^>]{0,200}?charset=[\"']?([A-Za-z0-9._:-]{1,40})", re.I)
 MAX_HEADERS = 1000
 MAX_HEADER_LINES = 10_000
 MAX_HEADER_VALUE = 256 * 1024
+# The stdlib parameter parser (RFC 2231 continuations) is quadratic in the number of ";"; real
+# Content-Type/-Disposition values are far below this.
+MAX_PARAM_HEADER = 16 * 1024
+MAX_BOUNDARY = 998  # RFC 2046 allows 70; a longer one is hostile, and it becomes a regex
+# Work budgets in bytes: a multiple of the message size plus a floor, so small messages never
+# hit them. Boundary scans cost nesting depth x span (50 open levels over 50 MB of newlines
+# took 7 s); decoding a base64/quoted-printable message/rfc822 body copies it, and
+# quoted-printable does not shrink, so 50 nested levels would cost 50x the message in memory.
+SCAN_BUDGET = (16, 64 << 20)  # (x message size, + bytes)
+DECODE_BUDGET = (2, 1 << 20)
 MESSAGE_TYPES = ("message/rfc822", "message/global")
 
 Headers = list[tuple[str, bytes]]  # (lower-cased name, unfolded raw value), in order
@@ -126,20 +138,21 @@ def _delimiters(
 ) -> Iterator[tuple[int, int, bool]]:
     """Yield (line start, next line start, is_closing) for each boundary line in buf[start:end].
 
-    Uses bytes.find rather than a multiline regex so each level costs one fast scan.
+    One compiled pattern anchored on "\\n--boundary": candidates are rejected inside the regex
+    engine, so a body made of near-miss lines ("--bX--bX..." or "\\n--bX\\n--bX...") costs
+    one C-speed scan instead of a Python step per candidate.
     """
-    needle, pos = b"--" + boundary, start
-    while (i := buf.find(needle, pos, end)) >= 0:
-        pos = i + len(needle)
-        if i != start and buf[i - 1] != 0x0A:
-            continue
-        nl = buf.find(b"\n", pos, min(end, pos + 80))
-        if nl < 0 and end - pos > 80:
-            continue
-        tail = buf[pos : (end if nl < 0 else nl)]
-        closing = tail.startswith(b"--")
-        if not tail[2 if closing else 0 :].strip(b" \t\r"):
-            yield i, (end if nl < 0 else nl + 1), closing
+    needle = b"--" + boundary
+    pos = start
+    if buf.startswith(needle, start, end) and (
+        m := _DELIMITER_TAIL.match(buf, start + len(needle), end)
+    ):
+        yield start, m.end(), m.group(1) is not None
+        pos = m.end() - 1  # the newline ending this line may begin the next delimiter
+    line = re.compile(rb"\n" + re.escape(needle) + _DELIMITER_TAIL.pattern)
+    while m := line.search(buf, pos, end):
+        yield m.start() + 1, m.end(), m.group(1) is not None
+        pos = m.end() - 1
 
 
 def _sniff_boundary(buf: bytes, start: int, end: int) -> bytes:
@@ -155,9 +168,22 @@ def _sniff_boundary(buf: bytes, start: int, end: int) -> bytes:
 
 
 class _Walker:
-    def __init__(self, max_parts: int, max_depth: int, defects: list[str]) -> None:
+    def __init__(self, max_parts: int, max_depth: int, defects: list[str], size: int) -> None:
         self.max_parts, self.max_depth, self.defects = max_parts, max_depth, defects
         self.count = 0
+        self.budget = {
+            "scan": SCAN_BUDGET[0] * size + SCAN_BUDGET[1],
+            "decode": DECODE_BUDGET[0] * size + DECODE_BUDGET[1],
+        }
+
+    def afford(self, kind: str, size: int, node: MimePart) -> bool:
+        """Charge ``size`` bytes to the budget ``kind``; once spent, containers stay opaque."""
+        if size > self.budget[kind]:
+            self.defects.append(f"max-{kind}-exceeded")
+            node.opaque = True
+            return False
+        self.budget[kind] -= size
+        return True
 
     def room(self) -> bool:
         if self.count < self.max_parts:
@@ -177,6 +203,9 @@ class _Walker:
         for name in ("content-type", "content-disposition"):
             value = next((v for k, v in headers if k == name), None)
             if value is not None:
+                if len(value) > MAX_PARAM_HEADER:
+                    self.defects.append(f"{name}-truncated")
+                    value = value[:MAX_PARAM_HEADER]
                 mime[name] = header_text(value)
         ctype = mime.get_content_type()
         is_multi = ctype.startswith("multipart/")
@@ -187,10 +216,13 @@ class _Walker:
             self.defects.append("max-depth-exceeded")
             node.opaque = True
         elif is_multi:
-            self.split(node, prefix, depth)
+            if self.afford("scan", span[1] - body, node):
+                self.split(node, prefix, depth)
         elif ctype in MESSAGE_TYPES and self.room():
             inner, inner_span = buf, (body, span[1])
             if node.header("content-transfer-encoding").lower() in ("base64", "quoted-printable"):
+                if not self.afford("decode", span[1] - body, node):  # decoded <= encoded size
+                    return node
                 inner = node.payload()[0]
                 inner_span = (0, len(inner))
             child = self.entity(inner, inner_span, None, part_id + ".", depth + 1, "text/plain")
@@ -205,6 +237,9 @@ class _Walker:
         if not boundary:
             self.defects.append("multipart-missing-boundary")
             boundary = _sniff_boundary(buf, start, end)
+        if len(boundary) > MAX_BOUNDARY:
+            self.defects.append("multipart-boundary-too-long")
+            boundary = b""  # no delimiter can match: the body is shown as text
         bounds: list[tuple[int, int]] = []
         part_start, closed, full = -1, False, False
         for line, after, closing in _delimiters(buf, start, end, boundary) if boundary else ():
@@ -234,7 +269,7 @@ class _Walker:
 
 def build_tree(raw: bytes, *, max_parts: int, max_depth: int, defects: list[str]) -> MimePart:
     """The MIME tree of `raw`; bounds hit and malformations are appended to `defects`."""
-    return _Walker(max_parts, max_depth, defects).entity(
+    return _Walker(max_parts, max_depth, defects, len(raw)).entity(
         raw, (0, len(raw)), None, "", 0, "text/plain"
     )
 

@@ -73,6 +73,9 @@ _HTML_TOKEN = re.compile(
 _BLOCK_TAGS = frozenset(
     ("p", "br", "div", "li", "tr", "td", "th", "table", "ul", "ol", "blockquote", "hr", "h1", "h2")
 )
+# A snippet is looked for in this much text or markup only: a body of 50 MB of tags, blanks or
+# zero-width characters would otherwise cost one Python step per token.
+_SNIPPET_SCAN = 256 * 1024
 _MAX_DEPTH_CAP = 200  # keeps the recursive walk far below the interpreter's recursion limit
 _getaddresses: Callable[..., list[tuple[str, str]]] = email.utils.getaddresses
 
@@ -123,7 +126,7 @@ def _ids(value: str) -> tuple[str, ...]:
 def _collapse(text: str, limit: int) -> str:
     words: list[str] = []
     size = 0
-    for m in re.finditer(r"\S+", text):
+    for m in re.finditer(r"\S+", text[:_SNIPPET_SCAN]):
         word = _INVISIBLE.sub("", m.group())
         if word:
             words.append(word)
@@ -143,6 +146,10 @@ def _collapse(text: str, limit: int) -> str:
 
 def _html_snippet(markup: str, limit: int) -> str:
     """Visible text of html (no scripts, styles or comments); scans only as far as needed."""
+    if len(markup) > _SNIPPET_SCAN:
+        markup = markup[:_SNIPPET_SCAN]
+        if (cut := markup.rfind("<")) > markup.rfind(">"):
+            markup = markup[:cut]  # never show half a tag as text
     parts: list[str] = []
     pos = seen = 0
     while seen < limit and (m := _HTML_TOKEN.search(markup, pos)):
@@ -257,7 +264,7 @@ def parse_message(
     text = "\n".join(texts) if texts else None
     html = "\n".join(htmls) if htmls else None
     try:
-        snippet = _collapse(text, snippet_chars) if text and text.strip() else ""
+        snippet = _collapse(text, snippet_chars) if text and not text.isspace() else ""
         snippet = snippet or (_html_snippet(html, snippet_chars) if html else "")
     except Exception as exc:
         defects.append(f"snippet-error:{type(exc).__name__}")

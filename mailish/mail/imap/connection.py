@@ -46,6 +46,9 @@ DEFAULT_TIMEOUT = 30.0
 MAX_LINE = 1 << 20  # one text line; literals are counted separately
 MAX_LITERAL = 64 << 20
 MAX_RESPONSE = 256 << 20
+# Literals in one response. Each piece costs objects beyond its bytes, so a server ending
+# every line in "{0}" could otherwise grow one response until the timeout.
+MAX_LITERALS = 10_000
 
 
 class ImapError(PermanentError):
@@ -133,7 +136,7 @@ class ImapConnection:
         return conn
 
     async def _greet_and_secure(self, context: ssl.SSLContext) -> None:
-        greeting = wire.parse(await self._read_response())
+        greeting = await self._response()
         if not isinstance(greeting, wire.StatusResponse) or greeting.tag is not None:
             raise ProtocolError("IMAP server sent no greeting")
         if greeting.status == "BYE":
@@ -261,7 +264,7 @@ class ImapConnection:
         result = Result(wire.StatusResponse(None, "", None, (), ""))
         answered = False
         while True:
-            response = wire.parse(await self._read_response())
+            response = await self._response()
             if isinstance(response, wire.Continuation):
                 # SASL: our one message, then an empty line to any further challenge
                 self._send((continuation if not answered and continuation else b"") + b"\r\n")
@@ -285,7 +288,7 @@ class ImapConnection:
 
     async def _await_continuation(self, name: str) -> None:
         while True:
-            response = wire.parse(await self._read_response())
+            response = await self._response()
             if isinstance(response, wire.Continuation):
                 return
             if isinstance(response, wire.StatusResponse) and response.tag is not None:
@@ -296,6 +299,16 @@ class ImapConnection:
         if self._writer.is_closing():
             raise ConnectionLost("IMAP connection is closed")
         self._writer.write(data)
+
+    async def _response(self, first: bytes | None = None) -> wire.Response:
+        """The next response, parsed. One we cannot parse leaves the stream out of step, so
+        the connection is closed with the error rather than reused."""
+        raw = await self._read_response(first)
+        try:
+            return wire.parse(raw)
+        except ProtocolError:
+            self.abort()
+            raise
 
     async def _read_response(self, first: bytes | None = None) -> wire.RawResponse:
         """Read one response: a line, and for each ``{N}`` at its end, N bytes and a line more.
@@ -318,6 +331,8 @@ class ImapConnection:
                     total += size
                     if total > MAX_RESPONSE:
                         raise ProtocolError(f"response exceeds {MAX_RESPONSE} bytes")
+                    if len(raw.literals) >= MAX_LITERALS:
+                        raise ProtocolError(f"response has over {MAX_LITERALS} literals")
                     raw.literals.append(await self._reader.readexactly(size))
         except asyncio.IncompleteReadError as exc:
             self.abort()
@@ -355,7 +370,7 @@ class ImapConnection:
                 raise ConnectionLost(f"IMAP connection lost ({exc})") from exc
             self.mid_event = True  # from here on, cancelling would lose protocol sync
             try:
-                response = wire.parse(await self._read_response(first))
+                response = await self._response(first)
             finally:
                 self.mid_event = False
             if isinstance(response, wire.StatusResponse) and response.status == "BYE":
@@ -381,7 +396,7 @@ class ImapConnection:
             self._send(b"DONE\r\n")
             seen: list[wire.Response] = []
             while True:
-                response = wire.parse(await self._read_response())
+                response = await self._response()
                 if isinstance(response, wire.StatusResponse) and response.tag == tag:
                     if response.status != "OK":
                         raise ImapError("IDLE", response)
