@@ -21,7 +21,7 @@ from mailish.mail.oauth.broker import TokenBroker
 from mailish.mail.policy import ConnectionPolicy
 from mailish.mail.smtp import SmtpSettings
 from mailish.observability.logs import bind
-from mailish.services.oauth_login import login_for_account
+from mailish.services.oauth_login import OAUTH2, login_for_account
 from mailish.store import accounts
 from mailish.store.accounts import AccountRecord
 from mailish.store.connecting import Pool
@@ -96,6 +96,7 @@ class AccountRunner:
                         imap=imap_settings(self.record, self.policy),
                         smtp=smtp_settings(self.record, self.policy),
                         login=await self._login(), tuning=self.tuning,
+                        relogin=self._login if self.record.auth_kind == OAUTH2 else None,
                     )  # fmt: skip
                     self.healthy = True
                     await self.sync.run()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 from uuid import UUID
@@ -66,6 +67,9 @@ class AccountSync:
     login: Login
     tuning: SyncTuning = field(default_factory=SyncTuning)
     smtp: SmtpSettings | None = None
+    #: A current login on demand (OAuth2 access tokens expire while a session lives on);
+    #: the sender asks it before each SMTP login. None: ``login`` never goes stale.
+    relogin: Callable[[], Awaitable[Login]] | None = None
     rounds: int = 0
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     _index_wanted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -135,7 +139,9 @@ class AccountSync:
         self.ops_wanted.clear()
         executor = Executor(session, self.pool, self.lease, self.account_id)
         await executor.apply_due()
-        sender = Sender(session, self.pool, self.lease, self.account_id, self.smtp, self.login)
+        sender = Sender(
+            session, self.pool, self.lease, self.account_id, self.smtp, self.relogin or self.login
+        )
         await sender.send_due()
         return executor.touched | sender.touched
 

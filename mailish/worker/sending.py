@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -51,7 +51,8 @@ class Sender:
     lease: BucketLease
     account_id: UUID
     smtp: smtp.SmtpSettings | None
-    login: Login
+    #: The SMTP login, or a function returning a current one (OAuth2 tokens expire).
+    login: Login | Callable[[], Awaitable[Login]]
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=30.0, maximum=3600.0))
     #: Folders (raw names) that changed on the server (the Sent copy).
     touched: set[str] = field(default_factory=set)
@@ -59,6 +60,9 @@ class Sender:
     async def send_due(self) -> int:
         async with self.pool.acquire() as conn:
             due = await outbox.due(conn, account_id=self.account_id, epoch=self.lease.epoch)
+        if due and callable(self.login):
+            # Before any claim: a revoked grant (AuthError) leaves every item queued as it was.
+            self.login = await self.login()
         for item in due:
             await self._one(item)
         return len(due)
@@ -82,6 +86,7 @@ class Sender:
             await self._finish(item, "failed", item.accepted, {}, "account has no SMTP server")
             return
         try:
+            assert not callable(self.login)  # send_due resolved it
             result = await smtp.send_raw(
                 self.smtp, self.login, envelope_from=item.envelope_from,
                 recipients=list(item.remaining), message=item.raw,
