@@ -1,9 +1,16 @@
-"""Request limits: body size (413) and a per-token rate limit (429 with Retry-After).
+"""Request limits: body size (413) and a rate limit (429 with Retry-After).
 
 Both run as ASGI middleware before routing, so an oversized or flooding request costs no
 database work. The rate limiter is a token bucket per bearer token (keyed by a hash, never
 the token), held per api process: with N pods a client gets at most N times the rate, which
 is the usual trade for not putting a shared counter on every request's path.
+
+Requests without a token are limited per peer address instead, and so is linking
+(``POST /v1/accounts``) whatever header it carries: it needs no token, and each call makes
+outbound logins and discovery lookups, so a per-token key would let anyone who sends a new
+made-up token each time use us, unthrottled, to try passwords against mail servers. Behind
+a proxy the peer is the proxy (uvicorn trusts forwarded headers only from configured
+addresses), so this bounds linking per api process and proxy. Probes and metrics are exempt.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mailish.config import Settings
 
 MAX_TRACKED = 100_000
+#: Keyed by the peer whatever token they carry: routes that do not authenticate.
+BY_PEER = frozenset({"/v1/accounts"})
+UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass(slots=True)
@@ -71,9 +81,9 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        auth = headers.get(b"authorization", b"")
-        if auth[:7].lower() == b"bearer ":
-            wait = self.limiter.take(hashlib.sha256(auth[7:].strip()).digest())
+        key = _rate_key(scope, headers.get(b"authorization", b""))
+        if key is not None:
+            wait = self.limiter.take(key)
             if wait:
                 retry = str(max(1, math.ceil(wait))).encode()
                 body = b'{"error":"rate_limited","detail":"too many requests"}'
@@ -112,6 +122,17 @@ class LimitsMiddleware:
             await send(message)
 
         return bounded_receive, guarded_send
+
+
+def _rate_key(scope: Scope, auth: bytes) -> bytes | None:
+    """Whose bucket a request takes from: its token's, its peer's, or none (probes)."""
+    path = scope.get("path", "")
+    if path in UNLIMITED:
+        return None
+    if auth[:7].lower() == b"bearer " and path not in BY_PEER:
+        return b"token:" + hashlib.sha256(auth[7:].strip()).digest()
+    client = scope.get("client")
+    return b"peer:" + str(client[0] if client else "").encode()
 
 
 def _too_large(limit: int) -> bytes:
