@@ -93,10 +93,15 @@ class Sender:
                 before_data=lambda: self._mark_in_doubt(item),
             )  # fmt: skip
             crash_point("send.accepted")
-        except (smtp.SmtpRejected, AuthError) as exc:
-            metrics.send_errors.labels(
-                reason="auth" if isinstance(exc, AuthError) else "rejected"
-            ).inc()
+        except AuthError as exc:
+            # The login is refused (a changed password, a revoked grant): the mail is not at
+            # fault. It stays queued, and the account stops as auth_invalid until the user
+            # signs in again; then it goes out.
+            metrics.send_errors.labels(reason="auth").inc()
+            await self._retry(item, "queued", f"login refused: {exc}", at_once=True)
+            raise
+        except smtp.SmtpRejected as exc:
+            metrics.send_errors.labels(reason="rejected").inc()
             await self._finish(item, "failed", item.accepted, {}, str(exc))
             return
         except smtp.SmtpTemporary as exc:
@@ -168,12 +173,14 @@ class Sender:
             )  # fmt: skip
         log.info("outbox %s: %s", item.id, status)
 
-    async def _retry(self, item: outbox.Pending, status: str, error: str) -> None:
+    async def _retry(
+        self, item: outbox.Pending, status: str, error: str, *, at_once: bool = False
+    ) -> None:
         if item.attempts + 1 >= MAX_ATTEMPTS:
             await self._finish(item, "failed", item.accepted, {}, f"gave up: {error}")
             return
         delay = dt.timedelta(
-            seconds=0 if status == "unknown" else self.backoff.delay(item.attempts)
+            seconds=0 if status == "unknown" or at_once else self.backoff.delay(item.attempts)
         )
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
             await outbox.retry_later(

@@ -172,6 +172,35 @@ async def test_reject_paths(
             assert received.rcpt_tos == ["ok@example.org"]
 
 
+async def test_a_refused_smtp_login_keeps_the_mail_and_asks_for_new_credentials(
+    api: RunningApi, smtp_server: SmtpServer, account: dict[str, object]
+) -> None:
+    """The password changed at the provider while the IMAP session lived on: the send's SMTP
+    login is refused. The mail is not at fault, so it stays queued; the account becomes
+    auth_invalid; once the user signs in again it goes out, once."""
+    user = account["user"]
+    assert isinstance(user, MailUser)
+    smtp_server.add_user(user.name, "changed-elsewhere")
+    async with client_for(api, account["token"]) as client:
+        answer = await client.post(
+            "/v1/send", json={"to": ["friend@example.org"], "subject": "kept", "text": "t"},
+            headers={"Idempotency-Key": "refused-login"},
+        )  # fmt: skip
+        op = answer.json()["operation_id"]
+        async with asyncio.timeout(20):
+            while (await client.get("/v1/account")).json()["status"] != "auth_invalid":
+                await asyncio.sleep(0.05)
+        body = (await client.get(f"/v1/outbox/{op}")).json()
+        assert body["status"] == "queued" and "login refused" in str(body["error"]), body
+        assert smtp_server.received_by(user.name) == []
+        smtp_server.add_user(user.name, user.password)  # the user fixes it at the provider
+        fixed = await client.put("/v1/account/credentials", json={"password": user.password})
+        assert fixed.status_code == 200, fixed.text
+        body = await settle(client, op)
+    assert body["status"] == "sent", body
+    assert len(smtp_server.received_by(user.name)) == 1
+
+
 async def test_size_rejection_552(
     api: RunningApi, smtp_server: SmtpServer, account: dict[str, object],
     monkeypatch: pytest.MonkeyPatch,
