@@ -80,10 +80,10 @@ _MAX_DEPTH_CAP = 200  # keeps the recursive walk far below the interpreter's rec
 _getaddresses: Callable[..., list[tuple[str, str]]] = email.utils.getaddresses
 
 
-def _addresses(values: list[str], defects: list[str]) -> tuple[Address, ...]:
+def _addresses(values: list[str], defects: list[str], limit: int) -> tuple[Address, ...]:
     value = ", ".join(values)
-    if len(value) > _MAX_ADDRESS_CHARS:  # the stdlib address parser is slow on huge input
-        value = value[:_MAX_ADDRESS_CHARS].rsplit(",", 1)[0]
+    if len(value) > limit:  # the stdlib address parser is slow on huge input
+        value = value[:limit].rsplit(",", 1)[0] if limit > 0 else ""
         defects.append("address-header-truncated")
     try:
         pairs = _getaddresses([value], strict=True)
@@ -240,9 +240,17 @@ def parse_message(
         defects.extend(more)
         return _SPACE.sub(" ", text).strip()
 
+    # One budget for all six address headers: 64 KB of "@" costs the stdlib parser ~0.2 s,
+    # so a hostile message filling every header would otherwise cost six times that.
+    address_chars = _MAX_ADDRESS_CHARS
+
     def addrs(name: str) -> tuple[Address, ...]:
+        nonlocal address_chars
         try:
-            return _addresses([decode_text(v, None)[0] for v in values.get(name, [])], defects)
+            texts = [decode_text(v, None)[0] for v in values.get(name, [])]
+            found = _addresses(texts, defects, address_chars)
+            address_chars -= min(address_chars, sum(len(t) + 2 for t in texts))
+            return found
         except Exception as exc:
             defects.append(f"header-error:{name}:{type(exc).__name__}")
             return ()
