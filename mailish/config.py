@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         "fences itself after three quarters. Keep MailishPool leaseGraceSeconds >= this.",
     )
     worker_id: str = Field(default_factory=_default_worker_id, min_length=1, max_length=253)
+    worker_audit_interval: float = Field(
+        default=2.0, ge=0.05, le=300,
+        description="Seconds between a worker's audits (claims still held, accounts to start "
+        "or stop, due sends).",
+    )  # fmt: skip
     sync_batch: int = Field(default=100, ge=1, le=1000, description="Messages per FETCH.")
     sync_poll_interval: float = Field(
         default=60.0, gt=0, le=3600, description="Seconds between polls of non-pushed folders."

@@ -156,11 +156,12 @@ async def migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 def worker_tuning(settings: Settings) -> WorkerTuning:
     return WorkerTuning(
+        audit_interval=settings.worker_audit_interval,
         sync=SyncTuning(
             batch=settings.sync_batch,
             poll_interval=settings.sync_poll_interval,
             changes_retention=dt.timedelta(days=settings.changes_retention_days),
-        )
+        ),
     )
 
 

@@ -184,6 +184,7 @@ async def prepare(dsn: str, dovecot: Dovecot, smtp_server: SmtpServer, ca: Local
         MAILISH_DATABASE_URL=dsn, MAILISH_SECRET_KEYS=format_key("k1", key),
         MAILISH_TLS_CA_FILE=str(ca.ca_file), MAILISH_ALLOW_PRIVATE_HOSTS="1",
         MAILISH_BUCKETS=str(BUCKETS), MAILISH_LOG_LEVEL="WARNING", MAILISH_LOG_FORMAT="text",
+        MAILISH_WORKER_AUDIT_INTERVAL="0.2",
     )  # fmt: skip
     return Mailbox(dsn, user, linked.account_id, env)
 
