@@ -175,6 +175,25 @@ def test_unbalanced_responses_are_protocol_errors(line: bytes) -> None:
         wire.parse(wire.RawResponse([line]))
 
 
+def test_a_megabyte_of_empty_lists_is_refused_before_it_grows() -> None:
+    """2 wire bytes per list but 56+ bytes in memory: a 1 MB line of "()" peaked at 34 MB."""
+    line = b"* 1 FETCH (" + b"()" * (MB // 2) + b")"
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="lists"):
+            wire.parse(wire.RawResponse([line]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * MB, f"{peak / MB:.1f} MB"
+    bodystructure = (
+        b"* 1 FETCH (BODYSTRUCTURE (" + b'("TEXT" "PLAIN" NIL NIL NIL "7BIT" 1 1)' * 5000
+    )
+    assert isinstance(
+        wire.parse(wire.RawResponse([bodystructure + b' "MIXED"))'])), wire.DataResponse
+    )
+
+
 def test_a_one_megabyte_quoted_string_parses_fast() -> None:
     """The quoted-string reader stepped through Python once per byte (0.37 s per MB)."""
     line = b'* LIST () "/" "' + b"a" * MB + b'"'

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from mailish.domain.errors import ProtocolError
 
 MAX_DEPTH = 64
+# Lists in one response: an empty "()" is 2 bytes on the wire but a 56-byte list here, so a
+# 1 MB line of them grew to 34 MB. BODYSTRUCTURE of a 2,000-part message needs ~10,000.
+MAX_LISTS = 100_000
 _SPECIAL = b'()[]{}" \r\n'
 _ATOM = re.compile(rb"[^\x00-\x20\x7f(){}\"\[\]%*\\]+|\\\*|\\[A-Za-z0-9$]+|\*|%")
 _NUMBER = re.compile(rb"\d+")
@@ -92,6 +95,7 @@ class _Tokens:
         self.segment = 0
         self.buf = raw.segments[0] if raw.segments else b""
         self.pos = 0
+        self.lists = 0
 
     def _skip_spaces(self) -> None:
         while self.pos < len(self.buf) and self.buf[self.pos] == 0x20:
@@ -125,6 +129,9 @@ class _Tokens:
             if char == 0x28:  # (
                 if len(stack) > MAX_DEPTH:
                     raise ProtocolError("response nests too deeply")
+                self.lists += 1
+                if self.lists > MAX_LISTS:
+                    raise ProtocolError(f"response has over {MAX_LISTS} lists")
                 inner: list[Value] = []
                 stack[-1].append(inner)
                 stack.append(inner)
