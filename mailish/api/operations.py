@@ -35,15 +35,16 @@ class OperationOut(BaseModel):
     error: str | None
 
 
+# Ids are bigints: anything outside 1..2**63-1 names nothing and must not reach the database.
 class MessagePatch(BaseModel):
     seen: bool | None = None
     flagged: bool | None = None
-    folder_id: int | None = None
+    folder_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
 
 class FolderCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    parent_id: int | None = None
+    parent_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
 
 class FolderRename(BaseModel):

@@ -84,6 +84,15 @@ async def upload_attachment(
     return AttachmentOut(attachment_id=f"u{upload_id}")
 
 
+def _bigint(text: str) -> int | None:
+    """``text`` as a database id, or None. ASCII digits only: ``str.isdigit`` also accepts
+    "³" and other digits ``int`` will not read."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if 1 <= value < 2**63 else None
+
+
 async def _attachments(
     conn: Conn, account_id: UUID, ids: list[str]
 ) -> list[composing.AttachmentIn]:
@@ -91,14 +100,16 @@ async def _attachments(
     out: list[composing.AttachmentIn] = []
     for i, ref in enumerate(ids):
         field = f"attachment_ids[{i}]"
-        if ref.startswith("u") and ref[1:].isdigit():
-            found = await uploads.upload(conn, account_id=account_id, upload_id=int(ref[1:]))
+        upload_id = _bigint(ref[1:]) if ref.startswith("u") else None
+        attachment_id = _bigint(ref)
+        if upload_id is not None:
+            found = await uploads.upload(conn, account_id=account_id, upload_id=upload_id)
             if found is None:
                 raise unprocessable(field, "no such upload", "unknown_attachment")
             out.append(composing.AttachmentIn(found.filename, found.content_type, found.data))
-        elif ref.isdigit() and int(ref) < 2**63:
+        elif attachment_id is not None:
             part = await uploads.message_attachment(
-                conn, account_id=account_id, attachment_id=int(ref)
+                conn, account_id=account_id, attachment_id=attachment_id
             )
             extracted = extract_part(part[3], part[0]) if part else None
             if part is None or extracted is None:

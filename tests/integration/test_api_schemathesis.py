@@ -337,3 +337,32 @@ def test_openapi_documents_the_error_body() -> None:
             if operation.get("security") and "401" not in responses:
                 wrong.append(f"{method.upper()} {path}: 401 undocumented")
     assert wrong == []
+
+
+async def test_what_fuzzing_found_stays_fixed(world: World) -> None:
+    """Each was a 500: ids beyond bigint, digits int() cannot read, a rename onto a name
+    that exists."""
+    message = world.ids["message"]
+    huge = -59667409392344009583647143231488
+    cases: list[tuple[str, str, dict[str, Any], int]] = [
+        ("PATCH", f"/v1/messages/{message}", {"folder_id": huge}, 422),
+        ("PATCH", f"/v1/messages/{message}", {"folder_id": 2**63}, 422),
+        ("POST", "/v1/folders", {"name": "n", "parent_id": 2**64}, 422),
+        ("POST", "/v1/drafts", {"attachment_ids": ["\u00b3"]}, 422),
+        ("POST", "/v1/drafts", {"attachment_ids": ["u\u00b3"]}, 422),
+        ("POST", "/v1/drafts", {"attachment_ids": ["u99999999999999999999"]}, 422),
+        ("POST", "/v1/drafts", {"attachment_ids": ["99999999999999999999"]}, 422),
+        ("POST", "/v1/folders", {"name": "Taken"}, 202),
+        ("POST", "/v1/folders", {"name": "Renamed"}, 202),
+    ]
+    headers = {"Authorization": f"Bearer {world.tokens.valid}"}
+    async with httpx.AsyncClient(base_url=world.base, headers=headers, timeout=30) as client:
+        for method, path, body, expected in cases:
+            answer = await client.request(method, path, json=body)
+            assert answer.status_code == expected, (method, path, body, answer.text)
+            if expected >= 400:
+                assert _error_body_problem(answer) is None
+        listing = (await client.get("/v1/folders")).json()["folders"]
+        renamed = next(f["id"] for f in listing if f["name"] == "Renamed")
+        clash = await client.patch(f"/v1/folders/{renamed}", json={"name": "Taken"})
+        assert (clash.status_code, clash.json()["error"]) == (409, "conflict")
