@@ -118,6 +118,7 @@ EXPECTED: dict[str, Expect] = {
     "long-near-miss-delimiters": Expect(("multipart-without-parts",), text="--aX--aX"),
     "open-nesting-over-newlines": Expect(("max-scan-exceeded",)),
     "long-cyrillic-unlabelled": Expect(text="Привет Привет", subject="guess me"),
+    "unlabelled-cyrillic-parts-500": Expect(("charset-fallback:us-ascii->cp1251",), "Привет"),
 }
 
 
