@@ -6,10 +6,12 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailish import __version__
@@ -39,6 +41,33 @@ _ERROR_CODES = {
     401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
     429: "rate_limited",
 }  # fmt: skip
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: a machine-readable code and a sentence for people."""
+
+    error: str
+    detail: str
+    fields: list[str] | None = Field(
+        default=None, description="422 only: the offending fields, dotted"
+    )
+
+
+_ERROR = {"model": ErrorOut}
+#: What routes behind a token can answer besides their own codes (documented in OpenAPI).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {**_ERROR, "description": "Missing, unknown or revoked token"},
+    404: {**_ERROR, "description": "No such object in this account"},
+    413: {**_ERROR, "description": "Request body too large"},
+    422: {**_ERROR, "description": "Invalid request; `fields` names them"},
+    429: {**_ERROR, "description": "Rate limited; see Retry-After"},
+}
+LINKING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    409: {**_ERROR, "description": "Already linked, or stored settings unusable"},
+    502: {**_ERROR, "description": "The mail or OAuth server failed or refused TLS"},
+    503: {**_ERROR, "description": "The OAuth provider is unavailable; see Retry-After"},
+}
 
 
 def create_app(
@@ -73,15 +102,10 @@ def create_app(
 
     app = FastAPI(title="mailish", version=__version__, lifespan=lifespan)
     app.include_router(health.router)
-    app.include_router(mailboxes.router)
-    app.include_router(messages.router)
-    app.include_router(changes.router)
-    app.include_router(events.router)
-    app.include_router(push.router)
-    app.include_router(operations.router)
-    app.include_router(linking.router)
-    app.include_router(sending.router)
-    app.include_router(drafts.router)
+    for router in (mailboxes.router, messages.router, changes.router, events.router,
+                   push.router, operations.router, sending.router, drafts.router):  # fmt: skip
+        app.include_router(router, responses=ERROR_RESPONSES)
+    app.include_router(linking.router, responses=LINKING_RESPONSES)
 
     @app.exception_handler(StarletteHTTPException)
     async def flat_errors(request: Request, exc: StarletteHTTPException) -> Response:

@@ -74,6 +74,8 @@ async def _servers(
     except DiscoveryFailed as exc:
         detail = "no IMAP/SMTP settings found: " + "; ".join(exc.trail)
         raise failure(422, "discovery_failed", detail[:2000]) from None
+    except ValueError as exc:  # an address discovery cannot work from (a literal, no dot)
+        raise failure(422, "invalid_settings", str(exc)) from None
     return (
         body.imap or ServerSettings.of(found.imap), body.smtp or ServerSettings.of(found.smtp),
         body.username or found.username, found.source,

@@ -76,9 +76,8 @@ class SmtpSettings:
     ca_files: tuple[Path, ...] = ()
     allow_plaintext: bool = False
     timeout: float = DEFAULT_TIMEOUT
-    #: False: SSRF guard on (see the module docstring). Defaults to True only because callers
-    #: predate the guard; every caller with a user-supplied host must pass its policy's value.
-    allow_private_hosts: bool = True
+    #: False (the default): SSRF guard on, see the module docstring. Dev setups pass True.
+    allow_private_hosts: bool = False
 
 
 async def _checked_socket(settings: SmtpSettings) -> socket.socket | None:

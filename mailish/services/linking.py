@@ -18,7 +18,7 @@ from mailish.domain.ids import AccountId, new_account_id
 from mailish.domain.logins import Login, OAuth2Login, PasswordLogin
 from mailish.mail import smtp
 from mailish.mail.credentials import KeyRing
-from mailish.mail.hosts import ForbiddenAddress, resolve_checked
+from mailish.mail.hosts import ForbiddenAddress
 from mailish.mail.imap.connection import ConnectionLost, ImapConnection, ImapSettings
 from mailish.mail.oauth.broker import TokenGrant
 from mailish.mail.policy import ConnectionPolicy
@@ -129,14 +129,9 @@ async def verify_imap(request: LinkRequest, policy: ConnectionPolicy) -> None:
 async def verify_smtp(request: LinkRequest, policy: ConnectionPolicy) -> None:
     if request.smtp is None:
         return
-    if not policy.allow_private_hosts:
-        try:
-            await resolve_checked(request.smtp.host, request.smtp.port, allow_private=False)
-        except Exception as exc:
-            raise _classify(exc) from exc
     settings = smtp.SmtpSettings(
         request.smtp, ca_files=policy.ca_files, allow_plaintext=policy.allow_plaintext,
-        timeout=policy.timeout,
+        allow_private_hosts=policy.allow_private_hosts, timeout=policy.timeout,
     )  # fmt: skip
     try:
         await smtp.verify_login(settings, request.login())

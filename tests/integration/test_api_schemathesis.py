@@ -317,10 +317,6 @@ async def test_event_stream_requires_a_valid_token(world: World) -> None:
             assert stream.headers["content-type"].startswith("text/event-stream")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/app.py documents FastAPI's HTTPValidationError for 422 and no 401, while every "
-    "error is {error, detail}: declare one ErrorOut model for 4xx (see the hardening report)"
-))  # fmt: skip
 def test_openapi_documents_the_error_body() -> None:
     """What the API answers on errors is what the OpenAPI document promises."""
     from mailish.api.app import create_app

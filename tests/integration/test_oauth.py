@@ -112,7 +112,9 @@ async def test_code_exchange_then_expiry_refreshes_and_logins_keep_working(
     assert oauth_server.requests["refresh_token"] == 0  # the granted token was still fresh
     await imap_login(dovecot, test_ca, login)
     smtp_settings = smtp.SmtpSettings(
-        Endpoint("localhost", smtp_server.tls_port, Security.TLS), ca_files=(test_ca.ca_file,)
+        Endpoint("localhost", smtp_server.tls_port, Security.TLS),
+        ca_files=(test_ca.ca_file,),
+        allow_private_hosts=True,
     )
     await smtp.verify_login(smtp_settings, login)
 

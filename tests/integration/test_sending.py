@@ -321,7 +321,9 @@ async def test_a_fenced_worker_sends_nothing(
         )  # fmt: skip
     await asyncio.sleep(0.6)
     settings = smtp.SmtpSettings(
-        Endpoint("localhost", smtp_server.port, Security.STARTTLS), ca_files=policy.ca_files
+        Endpoint("localhost", smtp_server.port, Security.STARTTLS),
+        ca_files=policy.ca_files,
+        allow_private_hosts=True,
     )
     conn = await ImapConnection.open(
         ImapSettings(

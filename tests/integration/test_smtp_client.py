@@ -21,7 +21,9 @@ MESSAGE = (
 
 def settings(server: SmtpServer, ca: LocalCA, security: Security) -> smtp.SmtpSettings:
     port = server.tls_port if security is Security.TLS else server.port
-    return smtp.SmtpSettings(Endpoint("localhost", port, security), ca_files=(ca.ca_file,))
+    return smtp.SmtpSettings(
+        Endpoint("localhost", port, security), ca_files=(ca.ca_file,), allow_private_hosts=True
+    )
 
 
 @pytest.mark.parametrize("security", [Security.STARTTLS, Security.TLS])
@@ -145,8 +147,14 @@ async def test_untrusted_certificate_and_plaintext_are_refused(
         (Security.STARTTLS, smtp_server.port),
     ):
         with pytest.raises(TLSError):
-            await smtp.verify_login(smtp.SmtpSettings(Endpoint("localhost", port, security)), login)
+            await smtp.verify_login(
+                smtp.SmtpSettings(Endpoint("localhost", port, security), allow_private_hosts=True),
+                login,
+            )
     with pytest.raises(PlaintextRefused):
         await smtp.verify_login(
-            smtp.SmtpSettings(Endpoint("localhost", smtp_server.port, Security.PLAIN)), login
+            smtp.SmtpSettings(
+                Endpoint("localhost", smtp_server.port, Security.PLAIN), allow_private_hosts=True
+            ),
+            login,
         )

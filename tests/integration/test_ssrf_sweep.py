@@ -314,12 +314,9 @@ async def test_discovered_hosts_inside_are_refused(
     "email",
     [
         "v@2130706433.test",
-        pytest.param("v@[127.0.0.1]", marks=pytest.mark.xfail(
-            strict=True, reason="api/linking.py lets discover()'s ValueError escape as a 500")),
-        pytest.param("v@[IPv6:::1]", marks=pytest.mark.xfail(
-            strict=True, reason="api/linking.py lets discover()'s ValueError escape as a 500")),
-        pytest.param("v@localhost", marks=pytest.mark.xfail(
-            strict=True, reason="api/linking.py lets discover()'s ValueError escape as a 500")),
+        "v@[127.0.0.1]",
+        "v@[IPv6:::1]",
+        "v@localhost",
     ],
 )  # fmt: skip
 async def test_address_literal_domains_are_refused(
