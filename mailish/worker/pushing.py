@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -35,6 +36,7 @@ import httpx
 
 from mailish.domain.errors import PermanentError, TransientError
 from mailish.mail import hosts
+from mailish.mail.tls import describe_tls_failure, tls_cause
 from mailish.store import feed, push_subscriptions
 from mailish.store.connecting import Conn, Pool
 from mailish.store.push_subscriptions import Subscription
@@ -202,6 +204,13 @@ class Pusher:
                 log.warning("push to device %s refused: %s", device.device_id, exc)
                 return Outcome.FAILED
             except (httpx.TransportError, TransientError) as exc:
+                failure = tls_cause(exc)
+                if isinstance(failure, ssl.SSLCertVerificationError | ssl.CertificateError):
+                    # a certificate does not get better by retrying
+                    host = httpx.URL(device.endpoint).host
+                    log.warning("push to device %s refused: %s", device.device_id,
+                                describe_tls_failure(failure, host))  # fmt: skip
+                    return Outcome.FAILED
                 log.info("push to device %s: %s (attempt %d)", device.device_id,
                          type(exc).__name__, attempt + 1)  # fmt: skip
                 continue
