@@ -152,12 +152,26 @@ class Worker:
         self.changed.set()
 
     async def _audit(self) -> None:
+        """Re-check claims and accounts every ``audit_interval``.
+
+        A database outage (a restart, a failover, terminated sessions) must not end the
+        worker: the audit retries with backoff, and the account loops, which fail and are
+        restarted by this audit, reconnect through the pool once the database is back.
+        """
+        attempt = 0
         while True:
-            await self.drop_lost_buckets()
-            await self.reconcile_accounts()
-            await self.refresh_missing_users()
-            await self.wake_due_sends()
-            await asyncio.sleep(self._tuning.audit_interval)
+            delay = self._tuning.audit_interval
+            try:
+                await self.drop_lost_buckets()
+                await self.reconcile_accounts()
+                await self.refresh_missing_users()
+                await self.wake_due_sends()
+                attempt = 0
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                delay = max(delay, self._backoff.delay(attempt))
+                attempt += 1
+                log.warning("audit failed (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
 
     async def wake_due_sends(self) -> None:
         """Scheduled sends (send_at in the future) produce no NOTIFY when they fall due."""
