@@ -81,6 +81,7 @@ def test_literal_size() -> None:
     assert wire.literal_size(b"* 1 FETCH (BODY[] {42}", limit=100) == 42
     assert wire.literal_size(b"A1 APPEND x {42+}", limit=100) == 42
     assert wire.literal_size(b"* OK no literal", limit=100) is None
+    assert wire.literal_size(b"* OK ready {mx.example}", limit=100) is None  # text, not a size
 
 
 @given(st.binary(max_size=300))

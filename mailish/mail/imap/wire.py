@@ -238,6 +238,8 @@ def literal_size(line: bytes, *, limit: int) -> int | None:
     if start < 0:
         return None
     digits = line[start + 1 : -1].rstrip(b"+")
+    if not any(48 <= b <= 57 for b in digits):
+        return None  # text such as "* OK ready {mx1}": no size is claimed, so no literal
     if not digits.isdigit() or len(digits) > 12:
         raise ProtocolError(f"bad literal size {line[start:][:20]!r}")
     size = int(digits)
