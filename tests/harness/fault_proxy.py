@@ -11,7 +11,9 @@ server's answer). Everything is per connection and per direction:
   ``rule.release()``;
 - ``inject``: insert ``data`` at the point (``at_boundary`` moves the point to the end of the
   current IMAP response, skipping literals, so injected lines never land inside a literal);
-- ``delay``: from the point on, sleep ``seconds`` before forwarding every chunk.
+- ``delay``: from the point on, sleep ``seconds`` before forwarding every chunk, and with
+  ``piece`` forward at most that many bytes per write (a trickle that splits lines, CRLFs
+  and literal headers across reads).
 
 Rules are added and removed while connections run (``proxy.add`` / ``proxy.remove``); a
 rule's ``triggered`` event tells the test that the fault is in place (e.g. the stream is now
@@ -78,6 +80,7 @@ class Rule:
     at_boundary: bool = False
     data: bytes = b""
     seconds: float | None = None
+    piece: int | None = None
     times: int | None = 1
     fired: int = 0
     triggered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -90,6 +93,8 @@ class Rule:
             raise ValueError("skip_line needs the marker in the acting direction")
         if self.action == "inject" and not self.data:
             raise ValueError("inject needs data")
+        if self.piece is not None and (self.action != "delay" or self.piece < 1):
+            raise ValueError("piece is a positive size for delay rules")
 
     @property
     def watched(self) -> Direction:
@@ -243,14 +248,14 @@ class _Connection:
                     self._scan(pipe, chunk)
                     pipe.buffer += chunk
                     pipe.read_total += len(chunk)
-                if not await self._flush(pipe) or not chunk:
+                if not await self._flush(pipe, final=not chunk) or not chunk:
                     return
         except (ConnectionError, OSError):
             return
         finally:
             self.close()
 
-    async def _flush(self, pipe: _Pipe) -> bool:
+    async def _flush(self, pipe: _Pipe, *, final: bool = False) -> bool:
         """Forward what may go and run the actions that are due; False once cut.
 
         Bytes go up to the nearest pending action point; a rule whose point is still
@@ -277,14 +282,16 @@ class _Connection:
             if count > 0:
                 if delaying:
                     await asyncio.sleep(max(a.rule.seconds or 0.0 for a in delaying))
-                    count = min(count, CHUNK)
+                    count = min([count, CHUNK, *(a.rule.piece or CHUNK for a in delaying)])
                 self._send(pipe, bytes(pipe.buffer[:count]))
                 del pipe.buffer[:count]
                 pipe.sent_total += count
                 await self._drain(pipe)
                 continue
-            if due is None:
-                return True  # everything read is forwarded, or a rule waits for more bytes
+            if due is None or (final and not pipe.buffer):
+                # Everything read is forwarded, or a rule waits for more bytes. At the end of
+                # the stream nothing is left to act on: the rule stays for other connections.
+                return True
             if not await self._act(pipe, due):
                 return False
 

@@ -109,10 +109,15 @@ async def test_stall_for_a_time_and_delay_every_chunk(proxy: FaultProxy) -> None
     started = loop.time()
     assert await _exchange(proxy.port) == RESPONSE
     assert loop.time() - started >= 0.3
-    proxy.add(Rule(UP, "delay", seconds=0.2, times=None))
+    up = proxy.add(Rule(UP, "delay", seconds=0.2, times=None))
     started = loop.time()
     assert await _exchange(proxy.port) == RESPONSE
     assert loop.time() - started >= 0.2
+    proxy.remove(up)
+    proxy.add(Rule(DOWN, "delay", seconds=0.01, piece=10))  # a trickle: 10 bytes per write
+    started = loop.time()
+    assert await _exchange(proxy.port) == RESPONSE
+    assert loop.time() - started >= 0.01 * (len(RESPONSE) // 10)
 
 
 async def test_rules_change_on_open_connections_and_stalls_end_with_the_client(

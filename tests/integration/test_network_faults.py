@@ -142,6 +142,20 @@ async def test_disconnect_inside_a_fetch_literal(
     assert imap_proxy.open_connections == 0
 
 
+# -- a trickling server --------------------------------------------------------------------
+
+
+async def test_a_server_trickling_a_few_bytes_at_a_time(
+    db_pool: Pool, dovecot: Dovecot, proxied: Linked, imap_proxy: FaultProxy, test_ca: LocalCA
+) -> None:
+    """Every response arrives in 3-byte writes (CRLFs, ``{4000}`` and literals split across
+    reads): slow, but the pass is byte-exact."""
+    deliver(dovecot, proxied.user, 4)
+    imap_proxy.add(Rule(DOWN, "delay", seconds=0.0, piece=3))
+    await converge(db_pool, dovecot, proxied, test_ca, proxied.imap)
+    assert await inbox_rows(db_pool, proxied) == 4
+
+
 # -- a stall past the read timeout ----------------------------------------------------------
 
 
