@@ -158,6 +158,13 @@ class FolderSync:
             if committing is not None:
                 total += await committing
                 committing = None
+        except Exception:
+            # A failed fetch (the connection dropped) does not undo the batch before it: that
+            # batch is whole and its commit needs no IMAP connection, so it finishes, and a
+            # link that keeps dropping still makes progress on every pass.
+            if committing is not None and not committing.done():
+                await committing
+            raise
         finally:
             if committing is not None:
                 committing.cancel()

@@ -142,6 +142,29 @@ async def test_disconnect_inside_a_fetch_literal(
     assert imap_proxy.open_connections == 0
 
 
+async def test_disconnect_in_the_next_batch_while_the_previous_one_commits(
+    db_pool: Pool, dovecot: Dovecot, proxied: Linked, imap_proxy: FaultProxy, test_ca: LocalCA
+) -> None:
+    """The driver fetches batch k+1 while batch k commits; a cut inside batch k+1 lets
+    batch k's commit finish (whole, byte-exact), so a flaky link still makes progress."""
+    deliver(dovecot, proxied.user, 6)  # batches of 4, newest first: UIDs 3-6, then 1-2
+    imap_proxy.add(
+        Rule(DOWN, "cut", marker=b"BODY[] {", occurrence=5, skip_line=True, after=SIZE // 2)
+    )
+    with pytest.raises(ConnectionLost):
+        async with imap_session(proxied.imap, proxied.user) as session:
+            await proxied.sync(db_pool, batch=4).sync_all(session)
+    async with db_pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT m.uid, m.size FROM messages m JOIN folders f ON f.id = m.folder_id "
+            "WHERE f.account_id = $1 AND f.path = 'INBOX'",
+            proxied.account_id,
+        )
+    assert sorted(r["uid"] for r in rows) == [3, 4, 5, 6]
+    assert all(r["size"] == SIZE for r in rows)
+    await converge(db_pool, dovecot, proxied, test_ca, proxied.imap)
+
+
 # -- a trickling server --------------------------------------------------------------------
 
 
