@@ -125,6 +125,8 @@ class AccountRunner:
                     raise
                 except Exception as exc:  # the account's task root
                     self.healthy = False
+                    if self.sync is not None and self.sync.rounds:
+                        attempt = 0  # it had synced: a new outage, not this one's next try
                     delay = max(
                         exc.delay if isinstance(exc, TransientError) else 0.0,
                         self.backoff.delay(attempt),

@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from mailish.domain.buckets import BucketLease
 from mailish.domain.endpoints import Endpoint, Security
 from mailish.domain.errors import TransientError
-from mailish.domain.ids import Epoch
+from mailish.domain.ids import AccountId, BucketNo, Epoch
 from mailish.domain.logins import PasswordLogin
 from mailish.mail.credentials import KeyRing
 from mailish.mail.imap import wire
@@ -26,10 +27,13 @@ from mailish.mail.imap.connection import ConnectionLost, ImapConnection, ImapSet
 from mailish.mail.imap.session import ImapSession
 from mailish.mail.policy import ConnectionPolicy
 from mailish.services.linking import LinkRequest, link
+from mailish.store import accounts, claims
 from mailish.store.connecting import Pool
+from mailish.worker.account_runner import AccountRunner
 from mailish.worker.account_sync import SyncTuning
 from mailish.worker.assigning import StaticAssigner
 from mailish.worker.running import Worker, WorkerTuning
+from mailish.worker.supervising import Backoff
 from tests.harness.ca import LocalCA
 from tests.harness.convergence import assert_converged
 from tests.harness.dovecot import Dovecot, MailUser
@@ -218,6 +222,59 @@ async def test_stall_past_the_read_timeout_fires_and_leaks_no_connections(
     assert all(timeout * 0.9 <= t <= timeout + 5.0 for t in elapsed), sorted(elapsed)[-3:]
     assert imap_proxy.total_connections == 100
     assert fds_per_wave[-1] <= fds_per_wave[0] + 3, fds_per_wave
+
+
+# -- repeated drops of a healthy connection --------------------------------------------------
+
+
+async def test_each_drop_of_a_healthy_connection_reconnects_as_fast_as_the_first(
+    db_pool: Pool, dovecot: Dovecot, mail_user: MailUser, keyring: KeyRing, test_ca: LocalCA,
+    imap_proxy: FaultProxy,
+) -> None:  # fmt: skip
+    """A connection that synced fine and then dropped is a new outage, not the next failure
+    of the same one: the retry delay starts over. (The backoff here makes any second
+    attempt wait up to 60 s, so a runner that kept counting would miss the deadline.)"""
+    policy = ConnectionPolicy(
+        ca_files=(test_ca.ca_file,), allow_private_hosts=True, allow_plaintext=True, timeout=15
+    )
+    deliver(dovecot, mail_user, 2)
+    linked = await link(
+        db_pool,
+        LinkRequest(
+            email=f"{mail_user.name}@example.test", password=mail_user.password,
+            username=mail_user.name, smtp=None,
+            imap=Endpoint("localhost", imap_proxy.port, Security.PLAIN),
+        ),
+        keyring=keyring, policy=policy, buckets=4,
+    )  # fmt: skip
+    lease = BucketLease(BucketNo(linked.bucket), "w", Epoch(1))
+    async with db_pool.acquire() as conn:
+        await claims.claim(conn, lease)
+        record = await accounts.get(conn, account_id=AccountId(linked.account_id))
+    assert record is not None
+    runner = AccountRunner(
+        pool=db_pool, lease=lease, record=record, keyring=keyring, policy=policy,
+        tuning=SyncTuning(poll_interval=30),
+        backoff=Backoff(initial=0.001, factor=100_000.0, maximum=60.0),
+    )  # fmt: skip
+    task = asyncio.create_task(runner.run())
+    loop = asyncio.get_running_loop()
+    try:
+        for drop in range(3):
+            async with asyncio.timeout(10):
+                while runner.sync is None or not runner.sync.rounds:
+                    await asyncio.sleep(0.02)
+            synced = runner.sync
+            cut_at = loop.time()
+            imap_proxy.cut_all()
+            async with asyncio.timeout(10):  # ConnectionLost asks for 2 s; a counting runner
+                while runner.sync is synced or not runner.sync.rounds:  # waits up to 60 s
+                    await asyncio.sleep(0.02)
+            assert loop.time() - cut_at < 6.0, drop
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert imap_proxy.total_connections >= 4 + 1  # linking, then one per (re)connect
 
 
 # -- unsolicited responses in the middle of a FETCH -----------------------------------------
