@@ -29,6 +29,24 @@ from mailish.store.folders import StoredFolder
 
 log = logging.getLogger(__name__)
 REMAP_CHUNK = 500
+DEFAULT_BATCH_BYTES = 16 << 20
+
+
+def pieces(
+    store: sm.Store, sizes: dict[int, int], budget: int
+) -> list[tuple[tuple[int, ...], sm.FolderSyncState | None]]:
+    """``store``'s UIDs in runs of at most ``budget`` bytes (at least one UID each); only the
+    last run carries the checkpoint. UIDs of unknown size (expunged meanwhile) cost nothing."""
+    runs: list[list[int]] = [[]]
+    used = 0
+    for uid in store.uids:
+        size = sizes.get(uid, 0)
+        if runs[-1] and used + size > budget:
+            runs.append([])
+            used = 0
+        runs[-1].append(uid)
+        used += size
+    return [(tuple(run), store.then if i == len(runs) - 1 else None) for i, run in enumerate(runs)]
 
 
 class _Modseq:
@@ -54,6 +72,10 @@ class FolderSync:
     account_id: UUID
     folder: StoredFolder
     batch: int = sm.DEFAULT_BATCH
+    #: A batch whose messages add up to more bytes is fetched and committed in pieces (the
+    #: checkpoint moves with the last piece), so a folder of large mail cannot hold a whole
+    #: batch of it in memory. A single message larger than this is fetched alone.
+    batch_bytes: int = DEFAULT_BATCH_BYTES
     on_progress: Callable[[int], None] | None = None
 
     async def run_pass(self) -> sm.FolderSyncState:
@@ -150,11 +172,11 @@ class FolderSync:
         total = 0
         committing: asyncio.Task[int] | None = None
         try:
-            for store in stores:
-                batch = self._build(await self._fetch(store.uids))
+            for uids, then in await self._plan(stores):
+                batch = self._build(await self._fetch(uids))
                 if committing is not None:
                     total += await committing
-                committing = asyncio.create_task(self._commit(batch, store.then))
+                committing = asyncio.create_task(self._commit(batch, then))
             if committing is not None:
                 total += await committing
                 committing = None
@@ -170,6 +192,16 @@ class FolderSync:
                 committing.cancel()
                 await asyncio.gather(committing, return_exceptions=True)
         return total
+
+    async def _plan(
+        self, stores: list[sm.Store]
+    ) -> list[tuple[tuple[int, ...], sm.FolderSyncState | None]]:
+        """The stores split by ``batch_bytes``: one size query for the whole pass, skipped
+        when every store holds a single message (new mail, one at a time)."""
+        if all(len(store.uids) <= 1 for store in stores):
+            return [(store.uids, store.then) for store in stores]
+        sizes = await self.session.fetch_sizes(sorted({u for s in stores for u in s.uids}))
+        return [piece for store in stores for piece in pieces(store, sizes, self.batch_bytes)]
 
     async def _fetch(self, uids: tuple[int, ...]) -> list[FetchedMessage]:
         async with self.pool.acquire() as conn:
@@ -190,11 +222,13 @@ class FolderSync:
         ]  # fmt: skip
 
     async def _store(self, uids: tuple[int, ...], then: sm.FolderSyncState) -> int:
-        return await self._commit(self._build(await self._fetch(uids)), then)
+        return await self._store_pipelined([sm.Store(uids, then)])
 
     async def _commit(
-        self, batch: list[domain_messages.SyncedMessage], then: sm.FolderSyncState
+        self, batch: list[domain_messages.SyncedMessage], then: sm.FolderSyncState | None
     ) -> int:
+        """Store ``batch`` and, in the same transaction, the checkpoint ``then`` (None: a
+        piece of a larger batch, whose checkpoint comes with its last piece)."""
         async with self._write() as (conn, modseq):
             stored = 0
             if batch:
@@ -207,13 +241,14 @@ class FolderSync:
                     folder_id=self.folder.id,
                 )  # fmt: skip
                 await accounts.add_synced(conn, account_id=self.account_id, count=stored)  # type: ignore[arg-type]
-            await folders.save_state(
-                conn, account_id=self.account_id, folder_id=self.folder.id, state=then
-            )
+            if then is not None:
+                await folders.save_state(
+                    conn, account_id=self.account_id, folder_id=self.folder.id, state=then
+                )
         crash_point("sync.stored")
         if self.on_progress is not None and stored:
             self.on_progress(stored)
-        if then.phase is sm.Phase.SYNCED:  # new mail, not history: how fresh is the store
+        if then is not None and then.phase is sm.Phase.SYNCED:  # new mail: how fresh is it
             now = dt.datetime.now(dt.UTC)
             for message in batch:
                 if message.internaldate is not None:

@@ -331,6 +331,16 @@ class ImapSession:
             )
         return out
 
+    async def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE per UID (cheap: servers keep it), to plan fetches by bytes."""
+        result = await self.conn.command("UID FETCH", uid_set(uids), b"(UID RFC822.SIZE)")
+        sizes: dict[int, int] = {}
+        for data in result.of("FETCH"):
+            pairs = _pairs(data)
+            if "UID" in pairs and "RFC822.SIZE" in pairs:
+                sizes[_int(pairs["UID"])] = _int(pairs["RFC822.SIZE"])
+        return sizes
+
     async def fetch_headers(self, uids: Sequence[int], fields: bytes) -> list[FetchedHeaders]:
         items = b"(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (" + fields + b")]"
         if self.conn.has("OBJECTID"):
