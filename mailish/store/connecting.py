@@ -26,6 +26,19 @@ else:
     Conn = asyncpg.Connection | PoolConnectionProxy
 
 
+# What a lost, restarted or failed-over database looks like to a caller: the socket failed,
+# the server ended the session (pg_terminate_backend, shutdown), asyncpg found the connection
+# closed, or, right after a termination, still busy with the aborted operation
+# (InternalClientError "another operation is in progress"; the pool replaces it on release).
+# Long-lived loops catch these and retry instead of ending the process.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
 # A process that stops in the middle of a transaction (SIGSTOP, a long GC pause, a partition)
 # keeps its row locks, and a fenced transaction holds FOR SHARE on its bucket's claim row: the
 # successor's claim would wait for it forever. PostgreSQL ends such transactions after this

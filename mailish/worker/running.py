@@ -20,8 +20,6 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from mailish.domain.buckets import BucketLease
 from mailish.domain.ids import AccountId, BucketNo
 from mailish.mail.credentials import KeyRing
@@ -32,7 +30,7 @@ from mailish.observability import metrics
 from mailish.observability.logs import bind
 from mailish.store import accounts, claims, operations, outbox
 from mailish.store.accounts import AccountRecord
-from mailish.store.connecting import Conn, Pool
+from mailish.store.connecting import CONNECTION_ERRORS, Conn, Pool
 from mailish.worker.account_runner import AccountRunner
 from mailish.worker.account_sync import SyncTuning
 from mailish.worker.assigning import Assigner
@@ -167,7 +165,7 @@ class Worker:
                 await self.refresh_missing_users()
                 await self.wake_due_sends()
                 attempt = 0
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except CONNECTION_ERRORS as exc:
                 delay = max(delay, self._backoff.delay(attempt))
                 attempt += 1
                 log.warning("audit failed (%s); retrying in %.1fs", exc, delay)
@@ -208,7 +206,7 @@ class Worker:
                     finally:
                         if not conn.is_closed():
                             await conn.remove_listener(operations.CHANNEL, wake)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except CONNECTION_ERRORS as exc:
                 delay = self._backoff.delay(attempt)
                 attempt += 1
                 log.warning("operations listener lost (%s); retrying in %.1fs", exc, delay)
