@@ -151,10 +151,14 @@ class FolderSync:
         )
         async with self.pool.acquire() as conn:
             local = await messages.count_live(conn, folder_id=self.folder.id)
-        async with self._write() as (conn, _):
-            await folders.set_server_exists(
-                conn, account_id=self.account_id, folder_id=self.folder.id, exists=selected.exists
-            )
+        if selected.exists != self.folder.server_exists:
+            # Usually already right (the round's LIST-STATUS stored it): then no transaction,
+            # which saves a commit (an fsync) per folder and pass.
+            async with self._write() as (conn, _):
+                await folders.set_server_exists(
+                    conn, account_id=self.account_id, folder_id=self.folder.id,
+                    exists=selected.exists,
+                )  # fmt: skip
         return sm.Opened(
             uidvalidity=selected.uidvalidity,
             uidnext=selected.uidnext or 1,

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 class WorkerTuning:
     audit_interval: float = 2.0
     sync: SyncTuning = field(default_factory=SyncTuning)
+    #: Accounts connecting, logging in and running their first round at once (see
+    #: ``AccountRunner.startup_gate``).
+    startup_concurrency: int = 50
 
 
 class Worker:
@@ -65,6 +68,7 @@ class Worker:
         self._tuning = tuning or WorkerTuning()
         self._accounts: dict[AccountId, tuple[AccountRunner, asyncio.Task[None]]] = {}
         self._backoff = Backoff(initial=0.5, maximum=10.0)
+        self._startup_gate = asyncio.Semaphore(self._tuning.startup_concurrency)
         self._dsn = dsn  # enables device push (the Pusher LISTENs on its own connection)
         self._broker = broker
         self._started = False
@@ -241,7 +245,7 @@ class Worker:
             runner = AccountRunner(
                 pool=self._pool, lease=held[record.bucket], record=record,
                 keyring=self._keyring, policy=self._policy, tuning=self._tuning.sync,
-                pusher=self.pusher, broker=self._broker,
+                pusher=self.pusher, broker=self._broker, startup_gate=self._startup_gate,
             )  # fmt: skip
             task = asyncio.create_task(runner.run(), name=f"account-{account_id}")
             self._accounts[account_id] = (runner, task)

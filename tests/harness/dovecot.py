@@ -236,12 +236,15 @@ class Dovecot:
     (implicit TLS), both with the test CA's ``localhost`` certificate.
     """
 
-    def __init__(self, folder: Path, ca: LocalCA, *, compress: bool = False) -> None:
+    def __init__(
+        self, folder: Path, ca: LocalCA, *, compress: bool = False, imap_processes: int = 2000
+    ) -> None:
         self.dovecot_bin = find_binary("dovecot")
         self.doveadm_bin = find_binary("doveadm")
         self.folder = folder
         self.ca = ca
         self.compress = compress
+        self.imap_processes = imap_processes  # one imap process per logged-in connection
         self.host = "127.0.0.1"
         self.imap_port = 0
         self.imaps_port = 0
@@ -476,7 +479,7 @@ service imap-login {{
   client_limit = 1000
 }}
 service imap {{
-  process_limit = 2000
+  process_limit = {self.imap_processes}
 }}
 service anvil {{
   chroot =
