@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mailish.api.auth import AccountIdDep
 from mailish.api.state import PoolDep
@@ -35,6 +35,11 @@ class FolderOut(BaseModel):
     role: str | None
     total: int
     unread: int
+    sync_problem: str | None = Field(
+        default=None,
+        description="Why mailish stopped syncing this folder (e.g. its UIDVALIDITY keeps "
+        "changing); its stored mail stays readable. Null while it syncs.",
+    )
 
 
 class FoldersOut(BaseModel):

@@ -14,7 +14,8 @@ FROM accounts WHERE id = $1
 """
 STATE = "SELECT modseq FROM accounts WHERE id = $1"
 FOLDERS = """
-SELECT id, name, path, parent_id, role, total, unread FROM folders
+SELECT id, name, path, parent_id, role, total, unread, flagged_reason AS sync_problem
+FROM folders
 WHERE account_id = $1 AND NOT deleting ORDER BY path
 """
 

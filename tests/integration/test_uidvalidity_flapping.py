@@ -9,13 +9,15 @@ being re-mapped forever, while the account's other folders keep syncing.
 
 from __future__ import annotations
 
+import httpx
+
 from mailish.domain import syncing
 from mailish.domain.logins import PasswordLogin
 from mailish.mail.imap.connection import ImapConnection
 from mailish.mail.imap.session import ImapSession
 from mailish.store.connecting import Pool
 from tests.harness.dovecot import Dovecot
-from tests.integration.conftest import Linked
+from tests.integration.conftest import Linked, RunningApi
 
 FOLDER_STATE = """
 SELECT f.path, f.uidvalidity, f.resets, f.sync_phase, f.flagged_reason,
@@ -48,7 +50,7 @@ def note(n: int) -> bytes:
 
 
 async def test_flapping_uidvalidity_trips_the_breaker_and_flags_only_that_folder(
-    db_pool: Pool, dovecot: Dovecot, linked: Linked
+    db_pool: Pool, dovecot: Dovecot, linked: Linked, api: RunningApi
 ) -> None:
     user = linked.user
     dovecot.load_maildir(user, 10)
@@ -89,3 +91,11 @@ async def test_flapping_uidvalidity_trips_the_breaker_and_flags_only_that_folder
     assert after["INBOX"]["flagged_reason"] == tripped["flagged_reason"]
     assert after["INBOX"]["uidvalidity"] == tripped["uidvalidity"]
     assert after["Work"]["live"] == 3 + changes + 1
+
+    # The app learns why: the folder carries the reason, the others none.
+    headers = {"Authorization": f"Bearer {linked.token}"}
+    async with httpx.AsyncClient(base_url=api.base, headers=headers) as client:
+        listed = (await client.get("/v1/folders")).json()["folders"]
+    problems = {f["path"]: f["sync_problem"] for f in listed}
+    assert problems["INBOX"] == tripped["flagged_reason"]
+    assert problems["Work"] is None
