@@ -18,7 +18,8 @@ explains their absence, never neither.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeAlias
 from uuid import UUID
 
 from mailish.store.connecting import Conn
@@ -62,18 +63,39 @@ async def next_modseq(conn: Conn, *, account_id: UUID) -> int:
     return int(value)
 
 
+#: A modseq, or a function allocating the transaction's modseq when it is first needed.
+ModseqSource: TypeAlias = int | Callable[[], Awaitable[int]]
+
+
+class LazyModseq:
+    """The transaction's modseq, allocated (``next_modseq``) on first use only: a transaction
+    that turns out to change nothing leaves the account's state, and every client's view of
+    it, alone."""
+
+    def __init__(self, conn: Conn, account_id: UUID) -> None:
+        self._conn = conn
+        self._account_id = account_id
+        self._value: int | None = None
+
+    async def get(self) -> int:
+        if self._value is None:
+            self._value = await next_modseq(self._conn, account_id=self._account_id)
+        return self._value
+
+
 async def record(
     conn: Conn,
     *,
     account_id: UUID,
-    modseq: int,
+    modseq: ModseqSource,
     kind: str,
     change: str,
     object_ids: Iterable[int],
 ) -> None:
     ids = list(object_ids)
     if ids:
-        await conn.execute(RECORD, account_id, modseq, kind, ids, change)
+        value = modseq if isinstance(modseq, int) else await modseq()
+        await conn.execute(RECORD, account_id, value, kind, ids, change)
 
 
 async def trim(conn: Conn, *, account_id: UUID, older_than: dt.timedelta) -> int:

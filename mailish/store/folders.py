@@ -124,7 +124,9 @@ class FolderSpec:
     parent_path: str | None
 
 
-async def create(conn: Conn, *, account_id: UUID, modseq: int, spec: FolderSpec) -> int | None:
+async def create(
+    conn: Conn, *, account_id: UUID, modseq: changes.ModseqSource, spec: FolderSpec
+) -> int | None:
     folder_id = await conn.fetchval(
         INSERT, account_id, spec.path, spec.raw_name, spec.name, spec.delimiter,
         spec.role.value if spec.role else None, list(spec.attributes), spec.selectable,
@@ -138,7 +140,12 @@ async def create(conn: Conn, *, account_id: UUID, modseq: int, spec: FolderSpec)
 
 
 async def update_meta(
-    conn: Conn, *, account_id: UUID, modseq: int, folder_id: int, spec: FolderSpec
+    conn: Conn,
+    *,
+    account_id: UUID,
+    modseq: changes.ModseqSource,
+    folder_id: int,
+    spec: FolderSpec,
 ) -> None:
     status = await conn.execute(
         UPDATE_META, account_id, folder_id, spec.role.value if spec.role else None,
@@ -152,7 +159,12 @@ async def update_meta(
 
 
 async def rename(
-    conn: Conn, *, account_id: UUID, modseq: int, folder_id: int, spec: FolderSpec
+    conn: Conn,
+    *,
+    account_id: UUID,
+    modseq: changes.ModseqSource,
+    folder_id: int,
+    spec: FolderSpec,
 ) -> None:
     await conn.execute(RENAME, account_id, folder_id, spec.path, spec.raw_name, spec.name)
     await changes.record(
@@ -161,7 +173,9 @@ async def rename(
     )  # fmt: skip
 
 
-async def delete(conn: Conn, *, account_id: UUID, modseq: int, folder_ids: list[int]) -> None:
+async def delete(
+    conn: Conn, *, account_id: UUID, modseq: changes.ModseqSource, folder_ids: list[int]
+) -> None:
     if not folder_ids:
         return
     message_ids = await conn.fetch(
@@ -203,7 +217,10 @@ async def set_server_exists(conn: Conn, *, account_id: UUID, folder_id: int, exi
     await conn.execute(SET_EXISTS, account_id, folder_id, exists)
 
 
-async def recount(conn: Conn, *, account_id: UUID, modseq: int, folder_id: int) -> None:
+async def recount(
+    conn: Conn, *, account_id: UUID, modseq: changes.ModseqSource, folder_id: int
+) -> None:
+    """Refresh the folder's counts; only a real change is logged (and allocates a modseq)."""
     changed = await conn.fetchval(RECOUNT, account_id, folder_id)
     if changed is not None:
         await changes.record(

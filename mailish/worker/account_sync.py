@@ -241,7 +241,7 @@ class AccountSync:
         specs = {o.folder.path: _spec(o.folder, roles.get(o.folder.path)) for o in observed}
         ids = {f.path: f.id for f in stored}
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
-            modseq = await changes.next_modseq(conn, account_id=self.account_id)
+            modseq = changes.LazyModseq(conn, self.account_id).get  # only if something changed
             await folders.delete(
                 conn, account_id=self.account_id, modseq=modseq,
                 folder_ids=[ids[p] for p in diff.deleted if p in ids],

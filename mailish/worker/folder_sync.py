@@ -49,21 +49,6 @@ def pieces(
     return [(tuple(run), store.then if i == len(runs) - 1 else None) for i, run in enumerate(runs)]
 
 
-class _Modseq:
-    """Allocates the transaction's change-log modseq on first use only, so a pass that
-    changes nothing does not advance the account's state."""
-
-    def __init__(self, conn: Conn, account_id: UUID) -> None:
-        self._conn = conn
-        self._account_id = account_id
-        self._value: int | None = None
-
-    async def get(self) -> int:
-        if self._value is None:
-            self._value = await changes.next_modseq(self._conn, account_id=self._account_id)
-        return self._value
-
-
 @dataclass
 class FolderSync:
     session: ImapSession
@@ -95,10 +80,10 @@ class FolderSync:
                 return machine.state
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[tuple[Conn, _Modseq]]:
+    async def _write(self) -> AsyncIterator[tuple[Conn, changes.LazyModseq]]:
         try:
             async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
-                yield conn, _Modseq(conn, self.account_id)
+                yield conn, changes.LazyModseq(conn, self.account_id)
         except Fenced:
             metrics.fenced_writes.inc()
             raise
@@ -136,7 +121,7 @@ class FolderSync:
                         conn, account_id=self.account_id, folder_id=self.folder.id, state=state
                     )
                     await folders.recount(
-                        conn, account_id=self.account_id, modseq=await modseq.get(),
+                        conn, account_id=self.account_id, modseq=modseq.get,
                         folder_id=self.folder.id,
                     )  # fmt: skip
                     await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
@@ -241,7 +226,7 @@ class FolderSync:
                     modseq=await modseq.get(), batch=batch,
                 )  # fmt: skip
                 await folders.recount(
-                    conn, account_id=self.account_id, modseq=await modseq.get(),
+                    conn, account_id=self.account_id, modseq=modseq.get,
                     folder_id=self.folder.id,
                 )  # fmt: skip
                 await accounts.add_synced(conn, account_id=self.account_id, count=stored)  # type: ignore[arg-type]
@@ -276,7 +261,7 @@ class FolderSync:
                     modseq=await modseq.get(), uids=vanished,
                 )  # fmt: skip
             await folders.recount(
-                conn, account_id=self.account_id, modseq=await modseq.get(),
+                conn, account_id=self.account_id, modseq=modseq.get,
                 folder_id=self.folder.id,
             )  # fmt: skip
         if normalised:

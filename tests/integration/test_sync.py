@@ -261,3 +261,27 @@ async def test_folder_renamed_and_deleted_while_a_pass_runs(
         )
     assert paths["Bigger"] == big_id
     assert "Other" not in paths
+
+
+async def test_a_pass_that_changes_nothing_leaves_the_state_alone(
+    db_pool: Pool, dovecot: Dovecot, linked: Linked, session: ImapSession
+) -> None:
+    """Clients poll /v1/changes and SSE pushes each new state: an idle pass must not make one."""
+    dovecot.load_maildir(linked.user, 20)
+    sync = linked.sync(db_pool)
+    await sync.sync_all(session)
+
+    async def state() -> int:
+        async with db_pool.acquire() as conn:
+            value: int = await conn.fetchval(
+                "SELECT modseq FROM accounts WHERE id = $1", linked.account_id
+            )
+        return value
+
+    before = await state()
+    await sync.sync_all(session)
+    await sync.sync_all(session)
+    assert await state() == before
+    dovecot.deliver(linked.user, b"From: a@example.org\r\nSubject: new\r\n\r\nx\r\n")
+    await sync.sync_all(session)
+    assert await state() > before  # a real change still moves it
