@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     sync_poll_interval: float = Field(
         default=60.0, gt=0, le=3600, description="Seconds between polls of non-pushed folders."
     )
+    sync_notify_poll_interval: float = Field(
+        default=300.0, gt=0, le=3600,
+        description="Seconds between safety polls of accounts whose server pushes changes to "
+        "every folder (NOTIFY).",
+    )  # fmt: skip
     imap_timeout: float = Field(default=30.0, gt=0, le=600)
     changes_retention_days: float = Field(
         default=30.0, gt=0, description="How long /v1/changes can look back."

@@ -160,6 +160,7 @@ def worker_tuning(settings: Settings) -> WorkerTuning:
         sync=SyncTuning(
             batch=settings.sync_batch,
             poll_interval=settings.sync_poll_interval,
+            notify_poll_interval=settings.sync_notify_poll_interval,
             changes_retention=dt.timedelta(days=settings.changes_retention_days),
         ),
     )

@@ -50,7 +50,10 @@ NOTIFY_EVENTS = (
 @dataclass(frozen=True, slots=True)
 class SyncTuning:
     batch: int = 100
-    poll_interval: float = 60.0  # other folders without NOTIFY; safety net with it
+    poll_interval: float = 60.0  # other folders without NOTIFY (IDLE watches INBOX only)
+    #: The safety-net poll when the server pushes changes for every folder (NOTIFY); None:
+    #: ``poll_interval``. Each poll costs a LIST-STATUS and a few statements per account.
+    notify_poll_interval: float | None = None
     full_every: float = 600.0
     idle_limit: float = 25 * 60.0  # re-issue IDLE well before RFC 2177's 29 minutes
     debounce: float = 0.05
@@ -331,7 +334,7 @@ class AccountSync:
             return None
         await session.unselect()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.tuning.poll_interval
+        deadline = loop.time() + (self.tuning.notify_poll_interval or self.tuning.poll_interval)
         dirty: set[str] = set()
         relist = False
         pending = list(session.conn.unsolicited)

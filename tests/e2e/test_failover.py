@@ -114,7 +114,7 @@ async def test_worker_death_and_pause_lose_nothing_and_send_nothing_twice(
         MAILISH_SECRET_KEYS=format_key("k1", key), MAILISH_TLS_CA_FILE=str(test_ca.ca_file),
         MAILISH_ALLOW_PRIVATE_HOSTS="1", MAILISH_BUCKETS=str(BUCKETS),
         MAILISH_LEASE_DURATION="2", MAILISH_LOG_LEVEL="INFO", MAILISH_LOG_FORMAT="text",
-        MAILISH_SYNC_POLL_INTERVAL="2",
+        MAILISH_SYNC_POLL_INTERVAL="2", MAILISH_SYNC_NOTIFY_POLL_INTERVAL="2",
     )  # fmt: skip
     logs: dict[str, Path] = {}
     procs: dict[str, subprocess.Popen[bytes]] = {}
