@@ -238,6 +238,11 @@ class Worker:
                 if not task.done():
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
+                elif not task.cancelled() and (failure := task.exception()) is not None:
+                    # The runner's own error handling failed (e.g. the database went away
+                    # while it recorded an error): say so once, then start it afresh.
+                    log.warning("account runner ended with %s: %s; restarting it",
+                                type(failure).__name__, failure)  # fmt: skip
                 del self._accounts[account_id]
         for account_id, record in wanted.items():
             if account_id in self._accounts:
