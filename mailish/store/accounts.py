@@ -58,17 +58,22 @@ SELECT id, email, bucket, status, sync_state, messages_synced, messages_total, f
     folders_total, last_error, last_sync_at
 FROM accounts ORDER BY email
 """
+# From the folder rows alone (each folder's ``total`` is its live message count, kept by
+# ``folders.recount``), so an account of 100,000 messages costs no message scan per folder
+# save; and no row version is written when nothing moved.
 PROGRESS = """
 UPDATE accounts a SET
-    messages_synced = (SELECT count(*) FROM messages m
-                       WHERE m.account_id = a.id AND m.expunged_at IS NULL),
-    messages_total = (SELECT coalesce(sum(server_exists), 0) FROM folders f
-                      WHERE f.account_id = a.id AND f.selectable AND f.sync_phase <> 'flagged'),
-    folders_total = (SELECT count(*) FROM folders f WHERE f.account_id = a.id AND f.selectable),
-    folders_synced = (SELECT count(*) FROM folders f
-                      WHERE f.account_id = a.id AND f.selectable AND f.sync_phase = 'synced'),
-    updated_at = now()
+    messages_synced = p.synced, messages_total = p.total,
+    folders_total = p.folders_total, folders_synced = p.folders_synced, updated_at = now()
+FROM (SELECT coalesce(sum(total), 0) AS synced,
+             coalesce(sum(server_exists) FILTER (
+                 WHERE selectable AND sync_phase <> 'flagged'), 0) AS total,
+             count(*) FILTER (WHERE selectable) AS folders_total,
+             count(*) FILTER (WHERE selectable AND sync_phase = 'synced') AS folders_synced
+      FROM folders WHERE account_id = $1) p
 WHERE a.id = $1
+  AND (a.messages_synced, a.messages_total, a.folders_total, a.folders_synced)
+      IS DISTINCT FROM (p.synced, p.total, p.folders_total, p.folders_synced)
 """
 SET_SYNC_STATE = """
 UPDATE accounts SET sync_state = $2, last_error = $3,
