@@ -13,7 +13,6 @@ from typing import Literal, Self
 from fastapi import HTTPException
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from mailish.config import Settings
 from mailish.domain.addresses import normalise_address
 from mailish.domain.endpoints import Endpoint, Security
 from mailish.domain.errors import ConfigError
@@ -25,7 +24,6 @@ from mailish.mail.oauth.broker import (
     TokenBroker,
     TokenGrant,
 )
-from mailish.mail.policy import ConnectionPolicy
 from mailish.services.oauth_login import grant_for
 
 SECRET_MAX = 4096
@@ -109,15 +107,6 @@ class CredentialsOut(BaseModel):
 
 def failure(status: int, code: str, detail: str) -> HTTPException:
     return HTTPException(status, detail={"error": code, "detail": detail})
-
-
-def policy_of(settings: Settings) -> ConnectionPolicy:
-    return ConnectionPolicy(
-        ca_files=settings.tls_ca_file,
-        allow_plaintext=settings.allow_plaintext,
-        allow_private_hosts=settings.allow_private_hosts,
-        timeout=settings.imap_timeout,
-    )
 
 
 def known_provider(broker: TokenBroker | None, oauth: OAuthGrantIn) -> TokenBroker:

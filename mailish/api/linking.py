@@ -22,12 +22,12 @@ from mailish.api.link_models import (
     failure,
     known_provider,
     obtain_grant,
-    policy_of,
 )
 from mailish.api.state import ApiState, StateDep
 from mailish.domain.ids import AccountId
 from mailish.mail.autoconfig.discovering import DiscoveryFailed, discover
 from mailish.mail.credentials import CredentialError, KeyRing
+from mailish.mail.policy import ConnectionPolicy
 from mailish.services.linking import (
     LinkError,
     LinkRequest,
@@ -68,8 +68,8 @@ async def _servers(
             )  # fmt: skip
     try:
         found = await discover(
-            body.email, policy=policy_of(state.settings), ispdb_base=state.settings.ispdb_url,
-            cache=state.discovery,
+            body.email, policy=ConnectionPolicy.from_settings(state.settings),
+            ispdb_base=state.settings.ispdb_url, cache=state.discovery,
         )  # fmt: skip
     except DiscoveryFailed as exc:
         detail = "no IMAP/SMTP settings found: " + "; ".join(exc.trail)
@@ -123,8 +123,8 @@ async def link_account(body: LinkBody, state: StateDep) -> LinkedOut:
     )  # fmt: skip
     try:
         linked = await link(
-            state.pool, request, keyring=keyring, policy=policy_of(state.settings),
-            buckets=state.settings.buckets,
+            state.pool, request, keyring=keyring,
+            policy=ConnectionPolicy.from_settings(state.settings), buckets=state.settings.buckets,
         )  # fmt: skip
     except LinkError as exc:
         raise _link_failure(exc) from None
@@ -163,7 +163,7 @@ async def replace_credentials(
         body, state, email=record.email, imap=imap, smtp=smtp,
         username=body.username or _stored_username(keyring, record),
     )  # fmt: skip
-    policy = policy_of(state.settings)
+    policy = ConnectionPolicy.from_settings(state.settings)
     try:
         await verify_imap(request, policy)
         await verify_smtp(request, policy)

@@ -47,12 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def policy_from(settings: Settings) -> ConnectionPolicy:
-    return ConnectionPolicy(
-        ca_files=settings.tls_ca_file,
-        allow_plaintext=settings.allow_plaintext,
-        allow_private_hosts=settings.allow_private_hosts,
-        timeout=settings.imap_timeout,
-    )
+    return ConnectionPolicy.from_settings(settings)
 
 
 def _endpoint(args: argparse.Namespace, proto: str) -> Endpoint | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailish.config import Settings
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionPolicy:
@@ -15,3 +17,12 @@ class ConnectionPolicy:
     allow_plaintext: bool = False
     allow_private_hosts: bool = False
     timeout: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionPolicy:
+        return cls(
+            ca_files=settings.tls_ca_file,
+            allow_plaintext=settings.allow_plaintext,
+            allow_private_hosts=settings.allow_private_hosts,
+            timeout=settings.imap_timeout,
+        )
