@@ -88,6 +88,15 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
     await conn.set_type_codec("json", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """What a pooled connection needs between uses beyond what asyncpg always does on release
+    (roll back an open transaction, drop listener callbacks): nothing. mailish takes no
+    session-level advisory locks, settings or cursors on pooled connections, and the one
+    pooled LISTEN (the worker's operations listener) UNLISTENs itself, so the default reset
+    query (UNLISTEN *, RESET ALL, ...) would be a round trip on every release for nothing:
+    ~15% of the statements of a first sync."""
+
+
 def _json_dumps(value: object) -> str:
     import json
 
@@ -121,6 +130,7 @@ async def connect_pool(
             timeout=connect_timeout,
             command_timeout=60,
             init=_init_connection,
+            reset=_keep_session,
             server_settings=SESSION_SETTINGS,
         )
     except Exception as exc:
