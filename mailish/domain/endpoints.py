@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from mailish.domain.errors import PermanentError
 
@@ -37,6 +38,18 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port} ({self.security.value})"
+
+    def as_json(self) -> dict[str, Any]:
+        """How an endpoint is stored (``accounts.settings``) and shown."""
+        return {"host": self.host, "port": self.port, "security": self.security.value}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Endpoint:
+        """The inverse of ``as_json``; ``ValueError`` names what is wrong."""
+        try:
+            return cls(str(value["host"]), int(value["port"]), Security(value["security"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
 def check_policy(endpoint: Endpoint, *, allow_plaintext: bool) -> None:

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailish.config import Settings
+from mailish.domain.endpoints import Endpoint
+from mailish.mail.imap.connection import ImapSettings
+from mailish.mail.smtp import SmtpSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +29,15 @@ class ConnectionPolicy:
             allow_private_hosts=settings.allow_private_hosts,
             timeout=settings.imap_timeout,
         )
+
+    def imap(self, endpoint: Endpoint) -> ImapSettings:
+        return ImapSettings(
+            endpoint, ca_files=self.ca_files, allow_plaintext=self.allow_plaintext,
+            allow_private_hosts=self.allow_private_hosts, timeout=self.timeout,
+        )  # fmt: skip
+
+    def smtp(self, endpoint: Endpoint) -> SmtpSettings:
+        return SmtpSettings(
+            endpoint, ca_files=self.ca_files, allow_plaintext=self.allow_plaintext,
+            allow_private_hosts=self.allow_private_hosts, timeout=self.timeout,
+        )  # fmt: skip

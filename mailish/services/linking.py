@@ -19,7 +19,7 @@ from mailish.domain.logins import Login, OAuth2Login, PasswordLogin
 from mailish.mail import smtp
 from mailish.mail.credentials import KeyRing
 from mailish.mail.hosts import ForbiddenAddress
-from mailish.mail.imap.connection import ConnectionLost, ImapConnection, ImapSettings
+from mailish.mail.imap.connection import ConnectionLost, ImapConnection
 from mailish.mail.oauth.broker import TokenGrant
 from mailish.mail.policy import ConnectionPolicy
 from mailish.services.oauth_login import OAUTH2, oauth_secret
@@ -107,15 +107,8 @@ def _classify(exc: BaseException) -> LinkError:
 
 
 async def verify_imap(request: LinkRequest, policy: ConnectionPolicy) -> None:
-    settings = ImapSettings(
-        request.imap,
-        ca_files=policy.ca_files,
-        allow_plaintext=policy.allow_plaintext,
-        allow_private_hosts=policy.allow_private_hosts,
-        timeout=policy.timeout,
-    )
     try:
-        conn = await ImapConnection.open(settings)
+        conn = await ImapConnection.open(policy.imap(request.imap))
     except Exception as exc:
         raise _classify(exc) from exc
     try:
@@ -129,18 +122,10 @@ async def verify_imap(request: LinkRequest, policy: ConnectionPolicy) -> None:
 async def verify_smtp(request: LinkRequest, policy: ConnectionPolicy) -> None:
     if request.smtp is None:
         return
-    settings = smtp.SmtpSettings(
-        request.smtp, ca_files=policy.ca_files, allow_plaintext=policy.allow_plaintext,
-        allow_private_hosts=policy.allow_private_hosts, timeout=policy.timeout,
-    )  # fmt: skip
     try:
-        await smtp.verify_login(settings, request.login())
+        await smtp.verify_login(policy.smtp(request.smtp), request.login())
     except Exception as exc:
         raise _classify(exc) from exc
-
-
-def _endpoint_json(endpoint: Endpoint) -> dict[str, Any]:
-    return {"host": endpoint.host, "port": endpoint.port, "security": endpoint.security.value}
 
 
 async def link(
@@ -159,9 +144,9 @@ async def link(
     await verify_smtp(request, policy)
     account_id = new_account_id()
     sealed = keyring.encrypt(account_id, request.secret())
-    settings: dict[str, Any] = {"imap": _endpoint_json(request.imap)}
+    settings: dict[str, Any] = {"imap": request.imap.as_json()}
     if request.smtp is not None:
-        settings["smtp"] = _endpoint_json(request.smtp)
+        settings["smtp"] = request.smtp.as_json()
     bucket = bucket_for(account_id, buckets)
     async with pool.acquire() as conn, conn.transaction():
         if await accounts.find_by_email(conn, email=request.email) is not None:

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from mailish.domain.buckets import BucketLease
-from mailish.domain.endpoints import Endpoint, Security
+from mailish.domain.endpoints import Endpoint
 from mailish.domain.errors import AuthError, Fenced, PermanentError, TransientError
 from mailish.domain.logins import Login, OAuth2Login, PasswordLogin
 from mailish.mail.credentials import CredentialError, KeyRing
@@ -33,18 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def imap_settings(record: AccountRecord, policy: ConnectionPolicy) -> ImapSettings:
-    imap = record.settings.get("imap") or {}
     try:
-        endpoint = Endpoint(str(imap["host"]), int(imap["port"]), Security(imap["security"]))
-    except (KeyError, ValueError, TypeError) as exc:
+        return policy.imap(Endpoint.from_json(record.settings.get("imap") or {}))
+    except ValueError as exc:
         raise PermanentError(f"account has no usable IMAP settings ({exc})") from exc
-    return ImapSettings(
-        endpoint,
-        ca_files=policy.ca_files,
-        allow_plaintext=policy.allow_plaintext,
-        allow_private_hosts=policy.allow_private_hosts,
-        timeout=policy.timeout,
-    )
 
 
 def smtp_settings(record: AccountRecord, policy: ConnectionPolicy) -> SmtpSettings | None:
@@ -52,13 +44,9 @@ def smtp_settings(record: AccountRecord, policy: ConnectionPolicy) -> SmtpSettin
     if not server:
         return None
     try:
-        endpoint = Endpoint(str(server["host"]), int(server["port"]), Security(server["security"]))
-    except (KeyError, ValueError, TypeError) as exc:
+        return policy.smtp(Endpoint.from_json(server))
+    except ValueError as exc:
         raise PermanentError(f"account has no usable SMTP settings ({exc})") from exc
-    return SmtpSettings(
-        endpoint, ca_files=policy.ca_files, allow_plaintext=policy.allow_plaintext,
-        allow_private_hosts=policy.allow_private_hosts, timeout=policy.timeout,
-    )  # fmt: skip
 
 
 def login_for(record: AccountRecord, keyring: KeyRing) -> Login:

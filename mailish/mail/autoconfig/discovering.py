@@ -50,16 +50,12 @@ class Discovered:
 
     def as_json(self) -> dict[str, object]:
         return {
-            "imap": _endpoint_json(self.imap), "smtp": _endpoint_json(self.smtp),
+            "imap": self.imap.as_json(), "smtp": self.smtp.as_json(),
             "username": self.username, "smtp_username": self.smtp_username,
             "source": self.source, "provider": self.provider,
             "quirks": dataclasses.asdict(self.quirks) if self.quirks else None,
             "trail": list(self.trail),
         }  # fmt: skip
-
-
-def _endpoint_json(endpoint: Endpoint) -> dict[str, object]:
-    return {"host": endpoint.host, "port": endpoint.port, "security": endpoint.security.value}
 
 
 class DiscoveryFailed(PermanentError):

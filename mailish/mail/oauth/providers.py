@@ -96,8 +96,8 @@ def _endpoint(name: str, key: str, value: Any) -> Endpoint | None:
     if value is None:
         return None
     try:
-        return Endpoint(str(value["host"]), int(value["port"]), Security(value["security"]))
-    except (KeyError, TypeError, ValueError) as exc:
+        return Endpoint.from_json(value)
+    except ValueError as exc:
         raise ConfigError(f"OAuth provider {name!r}: invalid {key} endpoint ({exc})") from None
 
 
