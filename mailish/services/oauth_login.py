@@ -100,6 +100,14 @@ def _static_login(secret: Mapping[str, str], username: str) -> Login:
     return PasswordLogin(username, secret["password"])
 
 
+def stored_login(keyring: KeyRing, record: AccountRecord) -> Login:
+    """The login as stored, without a refresh: a password, or the last access token."""
+    if record.credentials is None:
+        raise CredentialError("account has no stored credentials")
+    secret = keyring.decrypt(record.id, record.credentials)
+    return _static_login(secret, secret.get("username") or record.email)
+
+
 async def login_for_account(
     pool: Pool, keyring: KeyRing, broker: TokenBroker, record: AccountRecord
 ) -> Login:

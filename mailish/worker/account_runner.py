@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from mailish.domain.buckets import BucketLease
 from mailish.domain.endpoints import Endpoint
 from mailish.domain.errors import AuthError, Fenced, PermanentError, TransientError
-from mailish.domain.logins import Login, OAuth2Login, PasswordLogin
+from mailish.domain.logins import Login
 from mailish.mail.credentials import CredentialError, KeyRing
 from mailish.mail.imap.connection import ImapSettings
 from mailish.mail.oauth.broker import TokenBroker
 from mailish.mail.policy import ConnectionPolicy
 from mailish.mail.smtp import SmtpSettings
 from mailish.observability.logs import bind
-from mailish.services.oauth_login import OAUTH2, login_for_account
+from mailish.services.oauth_login import OAUTH2, login_for_account, stored_login
 from mailish.store import accounts
 from mailish.store.accounts import AccountRecord
 from mailish.store.connecting import Pool
@@ -47,16 +47,6 @@ def smtp_settings(record: AccountRecord, policy: ConnectionPolicy) -> SmtpSettin
         return policy.smtp(Endpoint.from_json(server))
     except ValueError as exc:
         raise PermanentError(f"account has no usable SMTP settings ({exc})") from exc
-
-
-def login_for(record: AccountRecord, keyring: KeyRing) -> Login:
-    if record.credentials is None:
-        raise CredentialError("account has no stored credentials")
-    secret = keyring.decrypt(record.id, record.credentials)
-    username = secret.get("username") or record.email
-    if "access_token" in secret:
-        return OAuth2Login(username, secret["access_token"])
-    return PasswordLogin(username, secret["password"])
 
 
 @dataclass
@@ -161,7 +151,7 @@ class AccountRunner:
     async def _login(self) -> Login:
         """A fresh login: OAuth2 accounts get an access token refreshed single-flight."""
         if self.broker is None:
-            return login_for(self.record, self.keyring)
+            return stored_login(self.keyring, self.record)
         return await login_for_account(self.pool, self.keyring, self.broker, self.record)
 
     async def _mark(self, status: str, reason: str) -> None:
