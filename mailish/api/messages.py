@@ -54,7 +54,9 @@ class AddressOut(BaseModel):
     email: str
 
 
-class SummaryOut(BaseModel):
+class _HeadlineOut(BaseModel):
+    """What a listed message and an opened one both say about it."""
+
     # "from" is a keyword; populate_by_name (not validate_by_name) works on our pydantic floor.
     model_config = ConfigDict(populate_by_name=True)
 
@@ -66,6 +68,9 @@ class SummaryOut(BaseModel):
     date: dt.datetime
     seen: bool
     flagged: bool
+
+
+class SummaryOut(_HeadlineOut):
     snippet: str
     has_attachments: bool
     size: int
@@ -86,23 +91,13 @@ class AttachmentOut(BaseModel):
     inline: bool
 
 
-class MessageOut(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    id: int
-    folder_id: int
-    subject: str
-    from_: list[AddressOut] = Field(alias="from")
-    to: list[AddressOut]
+class MessageOut(_HeadlineOut):
     cc: list[AddressOut]
     bcc: list[AddressOut]
     reply_to: list[AddressOut]
-    date: dt.datetime
     message_id: str | None
     in_reply_to: list[str]
     references: list[str]
-    seen: bool
-    flagged: bool
     text: str | None
     html: str | None
     attachments: list[AttachmentOut]
