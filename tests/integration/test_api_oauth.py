@@ -4,6 +4,7 @@ Real uvicorn, PostgreSQL and an HTTPS token endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -12,9 +13,10 @@ from uuid import UUID
 import httpx
 import pytest
 
+from mailish.config import load_settings
 from mailish.mail.credentials import KeyRing
-from mailish.mail.oauth.broker import OAuthRevoked
-from mailish.services.brokers import broker_from
+from mailish.mail.oauth.broker import OAuthRevoked, TokenBroker
+from mailish.services.brokers import broker_from, close_broker
 from mailish.services.oauth_login import login_for_account
 from mailish.store import accounts
 from mailish.store.connecting import Pool
@@ -46,6 +48,25 @@ async def oauth_api(
     }
     async with serve(db_dsn, keyring, test_ca, oauth_providers=json.dumps(config)) as running:
         yield running
+
+
+@contextlib.asynccontextmanager
+async def worker_broker(
+    server: OAuthServer, ca: LocalCA, keyring: KeyRing, **settings: object
+) -> AsyncIterator[TokenBroker]:
+    """The broker a worker process builds from its settings, for this token endpoint."""
+    broker = broker_from(
+        load_settings(
+            tls_ca_file=(ca.ca_file,),
+            oauth_providers=json.dumps({"test": provider_config(server)}),
+            **settings,
+        ),
+        keyring,
+    )
+    try:
+        yield broker
+    finally:
+        await close_broker(broker)
 
 
 async def stored_account(pool: Pool, account_id: str) -> accounts.AccountRecord:
@@ -87,17 +108,8 @@ async def test_refresh_token_links_with_servers_from_the_provider(
     assert oauth_server.requests["refresh_token"] == 1
 
     # What a worker does with the row: a login from the stored grant, without a refresh.
-    from mailish.config import load_settings
-
-    settings = load_settings(
-        tls_ca_file=(test_ca.ca_file,),
-        oauth_providers=json.dumps({"test": provider_config(oauth_server)}),
-    )
-    broker = broker_from(settings, keyring)
-    try:
+    async with worker_broker(oauth_server, test_ca, keyring) as broker:
         login = await login_for_account(db_pool, keyring, broker, record)
-    finally:
-        await broker.aclose()
     assert login.username == mail_user.name
     assert oauth_server.requests["refresh_token"] == 1
 
@@ -203,15 +215,6 @@ async def test_revoked_grant_is_one_login_error(
     assert answer.status_code == 201, answer.text
     oauth_server.revoke(mail_user.name)
     record = await stored_account(db_pool, answer.json()["account_id"])
-    from mailish.config import load_settings
-
-    settings = load_settings(
-        tls_ca_file=(test_ca.ca_file,), oauth_token_margin=5,
-        oauth_providers=json.dumps({"test": provider_config(oauth_server)}),
-    )  # fmt: skip
-    broker = broker_from(settings, keyring)
-    try:
+    async with worker_broker(oauth_server, test_ca, keyring, oauth_token_margin=5) as broker:
         with pytest.raises(OAuthRevoked):
             await login_for_account(db_pool, keyring, broker, record)
-    finally:
-        await broker.aclose()
