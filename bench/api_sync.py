@@ -12,20 +12,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-from mailish.domain.buckets import BucketLease
-from mailish.domain.endpoints import Endpoint, Security
-from mailish.domain.ids import BucketNo, Epoch
-from mailish.domain.logins import PasswordLogin
+from bench.linking import create_database, ready_to_sync
 from mailish.mail.credentials import KeyRing
-from mailish.mail.imap.connection import ImapConnection, ImapSettings
-from mailish.mail.imap.session import ImapSession
-from mailish.mail.policy import ConnectionPolicy
-from mailish.services.linking import LinkRequest, link
-from mailish.store import claims, connecting, migrating
+from mailish.store import connecting
 
-BUCKETS = 4
 OWNER = "bench-api-sync"
 
 
@@ -40,23 +31,6 @@ class Synced:
     db_bytes: int
 
 
-async def create_database(admin_dsn: str, name: str) -> str:
-    """A fresh database ``name`` on the server of ``admin_dsn``, migrated; returns its DSN."""
-    conn = await connecting.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
-    target = await connecting.connect(dsn)
-    try:
-        await migrating.migrate(target)
-    finally:
-        await target.close()
-    return dsn
-
-
 async def sync_inbox(
     *,
     admin_dsn: str,
@@ -68,40 +42,16 @@ async def sync_inbox(
     keyring: KeyRing,
 ) -> Synced:
     dsn = await create_database(admin_dsn, database)
-    policy = ConnectionPolicy(ca_files=(ca_file,), allow_private_hosts=True, timeout=120)
-    endpoint = Endpoint("localhost", imaps_port, Security.TLS)
     pool = await connecting.connect_pool(dsn, min_size=1, max_size=10)
     try:
-        linked = await link(
-            pool,
-            LinkRequest(
-                email=f"{user}@example.test", password=password, imap=endpoint, smtp=None,
-                username=user,
-            ),
-            keyring=keyring, policy=policy, buckets=BUCKETS,
-        )  # fmt: skip
-        lease = BucketLease(BucketNo(linked.bucket), OWNER, Epoch(1))
-        async with pool.acquire() as conn:
-            await claims.claim(conn, lease)
-        imap = ImapSettings(endpoint, ca_files=(ca_file,), allow_private_hosts=True, timeout=120)
-        login = PasswordLogin(user, password)
-        # imported here: the worker package pulls in a lot that the parent never needs
-        from mailish.worker.account_sync import AccountSync, SyncTuning
-
-        sync = AccountSync(
-            pool=pool, lease=lease, account_id=linked.account_id, imap=imap, login=login,
-            tuning=SyncTuning(),
-        )  # fmt: skip
-        imap_conn = await ImapConnection.open(imap)
-        try:
-            await imap_conn.login(login)
-            session = ImapSession(imap_conn)
-            await session.enable_extensions()
+        async with ready_to_sync(
+            pool, imaps_port=imaps_port, ca_file=ca_file, user=user, password=password,
+            keyring=keyring, owner=OWNER,
+        ) as ready:  # fmt: skip
             started = time.perf_counter()
-            await sync.sync_all(session)
+            await ready.sync.sync_all(ready.session)
             sync_s = time.perf_counter() - started
-        finally:
-            await imap_conn.logout()
+        linked = ready.linked
         async with pool.acquire() as conn:
             # settle the fresh rows (visibility map, statistics) so that autovacuum of 50k new
             # rows does not land in the middle of a measurement

@@ -38,8 +38,8 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from bench.api_sync import create_database
 from bench.harness import DurablePostgres, scratch_folder, tree_cpu_s
+from bench.linking import create_database
 from bench.report import RESULTS, Report, machine_line
 from bench.scale_rig import (
     WorkerProcess,

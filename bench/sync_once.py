@@ -25,23 +25,14 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from bench.harness import tree_cpu_s
-from mailish.domain.buckets import BucketLease
-from mailish.domain.endpoints import Endpoint, Security
-from mailish.domain.ids import BucketNo, Epoch
-from mailish.domain.logins import PasswordLogin
+from bench.linking import create_database, ready_to_sync
 from mailish.mail.credentials import KeyRing, new_key
-from mailish.mail.imap.connection import ImapConnection, ImapSettings
 from mailish.mail.imap.session import ImapSession
-from mailish.mail.policy import ConnectionPolicy
-from mailish.services.linking import LinkRequest, link
-from mailish.store import claims, connecting, folders, messages, migrating
+from mailish.store import connecting, folders, messages
 from mailish.worker import folder_sync
-from mailish.worker.account_sync import AccountSync, SyncTuning
 
-BUCKETS = 4
 OWNER = "bench-worker"
 
 P = ParamSpec("P")
@@ -110,54 +101,18 @@ def _cpu_s() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-async def _create_database(admin_dsn: str, name: str) -> str:
-    conn = await connecting.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
-    target = await connecting.connect(dsn)
-    try:
-        await migrating.migrate(target)
-    finally:
-        await target.close()
-    return dsn
-
-
 async def run(job: dict[str, Any]) -> dict[str, Any]:
     phases = Phases()
     if job.get("phases", True):
         phases.install()
-    dsn = await _create_database(job["admin_dsn"], job["database"])
-    ca_file = Path(job["ca_file"])
-    policy = ConnectionPolicy(ca_files=(ca_file,), allow_private_hosts=True, timeout=120)
-    endpoint = Endpoint("localhost", int(job["port"]), Security.TLS)
+    dsn = await create_database(job["admin_dsn"], job["database"])
     pool = await connecting.connect_pool(dsn, min_size=1, max_size=10)
     try:
-        linked = await link(
-            pool,
-            LinkRequest(
-                email=f"{job['user']}@example.test", password=job["password"], imap=endpoint,
-                smtp=None, username=job["user"],
-            ),
-            keyring=KeyRing({"k1": new_key()}, "k1"), policy=policy, buckets=BUCKETS,
-        )  # fmt: skip
-        lease = BucketLease(BucketNo(linked.bucket), OWNER, Epoch(1))
-        async with pool.acquire() as conn:
-            await claims.claim(conn, lease)
-        imap = ImapSettings(endpoint, ca_files=(ca_file,), allow_private_hosts=True, timeout=120)
-        login = PasswordLogin(job["user"], job["password"])
-        sync = AccountSync(
-            pool=pool, lease=lease, account_id=linked.account_id, imap=imap, login=login,
-            tuning=SyncTuning(),
-        )  # fmt: skip
-        imap_conn = await ImapConnection.open(imap)
-        try:
-            await imap_conn.login(login)
-            session = ImapSession(imap_conn)
-            await session.enable_extensions()
+        async with ready_to_sync(
+            pool, imaps_port=int(job["port"]), ca_file=Path(job["ca_file"]), user=job["user"],
+            password=job["password"], keyring=KeyRing({"k1": new_key()}, "k1"), owner=OWNER,
+        ) as ready:  # fmt: skip
+            linked, sync, session = ready.linked, ready.sync, ready.session
             rss_ready = _vm_hwm_mb()
             cpu0 = _cpu_s()
             pg0, dovecot0 = tree_cpu_s(job.get("pg_pid")), tree_cpu_s(job.get("dovecot_pid"))
@@ -173,8 +128,6 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
             pg_cpu = tree_cpu_s(job.get("pg_pid")) - pg0
             dovecot_cpu = tree_cpu_s(job.get("dovecot_pid")) - dovecot0
             rss_synced = _vm_hwm_mb()
-        finally:
-            await imap_conn.logout()
         started = time.perf_counter()
         pg0 = tree_cpu_s(job.get("pg_pid"))
         indexed = await sync.index_pending()
