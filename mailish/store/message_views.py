@@ -22,36 +22,26 @@ from mailish.store.connecting import Conn
 FOLDER_EXISTS = """
 SELECT EXISTS (SELECT 1 FROM folders WHERE account_id = $1 AND id = $2 AND NOT deleting)
 """
-FOLDER_PAGE = """
+
+
+def _page(where: str, *, after: bool) -> str:
+    """A listing page: newest first, ``$3`` rows; ``after`` continues below ``($4, $5)``."""
+    keyset = "\n  AND (sort_date, id) < ($4, $5)" if after else ""
+    return f"""
 SELECT id, folder_id, subject, from_addrs, to_addrs, sort_date, seen, flagged, snippet,
     has_attachments, size
 FROM messages
-WHERE account_id = $1 AND folder_id = $2 AND expunged_at IS NULL
+WHERE account_id = $1 AND expunged_at IS NULL AND {where}{keyset}
 ORDER BY sort_date DESC, id DESC LIMIT $3
-"""
-FOLDER_PAGE_AFTER = """
-SELECT id, folder_id, subject, from_addrs, to_addrs, sort_date, seen, flagged, snippet,
-    has_attachments, size
-FROM messages
-WHERE account_id = $1 AND folder_id = $2 AND expunged_at IS NULL
-  AND (sort_date, id) < ($4, $5)
-ORDER BY sort_date DESC, id DESC LIMIT $3
-"""
-SEARCH_PAGE = """
-SELECT id, folder_id, subject, from_addrs, to_addrs, sort_date, seen, flagged, snippet,
-    has_attachments, size
-FROM messages
-WHERE account_id = $1 AND expunged_at IS NULL AND search @@ websearch_to_tsquery('simple', $2)
-ORDER BY sort_date DESC, id DESC LIMIT $3
-"""
-SEARCH_PAGE_AFTER = """
-SELECT id, folder_id, subject, from_addrs, to_addrs, sort_date, seen, flagged, snippet,
-    has_attachments, size
-FROM messages
-WHERE account_id = $1 AND expunged_at IS NULL AND search @@ websearch_to_tsquery('simple', $2)
-  AND (sort_date, id) < ($4, $5)
-ORDER BY sort_date DESC, id DESC LIMIT $3
-"""
+"""  # noqa: S608 - composed from the constants below, never from input
+
+
+IN_FOLDER = "folder_id = $2"
+MATCHING = "search @@ websearch_to_tsquery('simple', $2)"
+FOLDER_PAGE = _page(IN_FOLDER, after=False)
+FOLDER_PAGE_AFTER = _page(IN_FOLDER, after=True)
+SEARCH_PAGE = _page(MATCHING, after=False)
+SEARCH_PAGE_AFTER = _page(MATCHING, after=True)
 # One round trip: the message, its bytes and its attachment list.
 MESSAGE = """
 SELECT m.id, m.folder_id, m.seen, m.flagged, m.sort_date, b.data,
