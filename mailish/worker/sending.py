@@ -60,14 +60,15 @@ class Sender:
     async def send_due(self) -> int:
         async with self.pool.acquire() as conn:
             due = await outbox.due(conn, account_id=self.account_id, epoch=self.lease.epoch)
-        if due and callable(self.login):
-            # Before any claim: a revoked grant (AuthError) leaves every item queued as it was.
-            self.login = await self.login()
+        if not due:
+            return 0
+        # Before any claim: a revoked grant (AuthError) leaves every item queued as it was.
+        login = await self.login() if callable(self.login) else self.login
         for item in due:
-            await self._one(item)
+            await self._one(item, login)
         return len(due)
 
-    async def _one(self, item: outbox.Pending) -> None:
+    async def _one(self, item: outbox.Pending, login: Login) -> None:
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
             if not await outbox.claim(
                 conn, account_id=self.account_id, outbox_id=item.id, epoch=self.lease.epoch,
@@ -86,9 +87,8 @@ class Sender:
             await self._finish(item, "failed", item.accepted, {}, "account has no SMTP server")
             return
         try:
-            assert not callable(self.login)  # send_due resolved it
             result = await smtp.send_raw(
-                self.smtp, self.login, envelope_from=item.envelope_from,
+                self.smtp, login, envelope_from=item.envelope_from,
                 recipients=list(item.remaining), message=item.raw,
                 before_data=lambda: self._mark_in_doubt(item),
             )  # fmt: skip
