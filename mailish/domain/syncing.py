@@ -8,7 +8,7 @@ it saw. Persistent state is ``FolderSyncState``; a pass also carries transient `
     OPEN ──Opened──► (flagged?) ─────────────────────────────────────────────► DONE
               │ UIDVALIDITY changed: resets+1 ─► breaker tripped ─► Save(FLAGGED) ► DONE
               │                        └──► REMAP ─Remapped─► history from the top
-              │ new folder ─► Save(INITIAL, low_uid = uidnext) ─► CHANGES
+              │ new folder: INITIAL, low_uid = uidnext ─► HISTORY (empty ─► FINISH)
               ▼
            NEW_MAIL  Search(uidnext..*) ─Found─► Store(batch ↑, then uidnext=max+1) ...
               ▼
@@ -19,9 +19,11 @@ it saw. Persistent state is ``FolderSyncState``; a pass also carries transient `
                      Expunge(gone) + Store(missing)
               ▼
            HISTORY   INITIAL only: Search(1..low_uid-1) ─Found─► Store(newest batch,
-                     then low_uid=min(batch)) ... ─► SYNCED
+                     then low_uid=min(batch)) ...; the last batch's ``then`` is already
+                     the final SYNCED state (no Save follows) ─► DONE
               ▼
            FINISH    Save(uidnext, highestmodseq as of SELECT) ─► DONE
+                     (no Save when that is the state the pass started from)
 
 Driver contract: run the commands of one step in order, then answer with the observation of
 the last one: ``Opened`` for Open, ``Found`` for Search, ``Stored`` for Store (the total of a
@@ -40,6 +42,7 @@ one transaction, so a crash anywhere resumes without loss or duplicates):
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 MAX_RESETS = 3
@@ -90,6 +93,8 @@ class Opened:
     uidnext: int
     exists: int
     highestmodseq: int | None
+    #: Messages stored locally at SELECT; only compared (so only counted) for SYNCED
+    #: folders opened without QRESYNC.
     local_count: int
     condstore: bool
     qresync: bool
@@ -194,6 +199,8 @@ class Pass:
     pending: tuple[int, ...] = ()  # UIDs found and not yet stored, in the order to store them
     stored_new: int = 0
     used_qresync: bool = False
+    #: The persisted state the pass started from: a pass that ends there saves nothing.
+    initial: FolderSyncState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +219,7 @@ def start(state: FolderSyncState, *, batch: int = DEFAULT_BATCH) -> tuple[Machin
     known = None
     if state.uidvalidity is not None and state.highestmodseq is not None:
         known = (state.uidvalidity, state.highestmodseq)
-    return Machine(state, Pass(), batch), [Open(known)]
+    return Machine(state, Pass(initial=state), batch), [Open(known)]
 
 
 def step(m: Machine, obs: Observation) -> tuple[Machine, list[Command]]:
@@ -248,7 +255,7 @@ def step(m: Machine, obs: Observation) -> tuple[Machine, list[Command]]:
         return _store_history(_with(m, pending=newest_first))
     if stage is Stage.HISTORY and isinstance(obs, Stored):
         return _store_history(m)
-    if stage is Stage.FINISH and isinstance(obs, Done):
+    if stage is Stage.FINISH and isinstance(obs, Done | Stored):
         return _with(m, stage=Stage.DONE), []
     raise ValueError(f"unexpected {type(obs).__name__} in stage {stage.value}")
 
@@ -286,8 +293,12 @@ def _opened(m: Machine, obs: Opened) -> tuple[Machine, list[Command]]:
             Remap(obs.uidvalidity)
         ]
     if state.uidvalidity is None:
+        # No checkpoint of its own: a crash before the first history Store commits leaves
+        # nothing behind, and that Store saves this state with its batch.
         fresh = _fresh(obs, resets=0)
-        return replace(m, state=fresh, run=replace(m.run, stage=Stage.HISTORY)), [Save(fresh)]
+        if obs.exists == 0:  # nothing below UIDNEXT: synced as soon as saved
+            return _finish(replace(m, state=replace(fresh, phase=Phase.SYNCED, low_uid=1)))
+        return _history(replace(m, state=fresh))
     if state.resets:
         m = replace(m, state=replace(state, resets=0))
     if state.uidnext is not None and obs.uidnext <= state.uidnext:
@@ -337,8 +348,8 @@ def _changes(m: Machine) -> tuple[Machine, list[Command]]:
     if obs.vanished is not None:
         return _with(m, stage=Stage.CHANGES, used_qresync=True), [Apply(obs.changed, obs.vanished)]
     if obs.condstore and m.state.highestmodseq is not None and obs.highestmodseq is not None:
-        if obs.highestmodseq == m.state.highestmodseq:
-            return _with(m, stage=Stage.CHANGES), [Save(m.state)]
+        if obs.highestmodseq == m.state.highestmodseq:  # no flag changed, nothing expunged
+            return _diff(_with(m, stage=Stage.CHANGES))
         return _with(m, stage=Stage.CHANGES), [SyncFlags(below, m.state.highestmodseq)]
     return _with(m, stage=Stage.CHANGES), [SyncFlags(below, None)]
 
@@ -361,22 +372,60 @@ def _history(m: Machine) -> tuple[Machine, list[Command]]:
 
 
 def _store_history(m: Machine) -> tuple[Machine, list[Command]]:
+    """Store every history UID found, newest first; the last batch completes history, so
+    it carries the pass's final state and no Save follows."""
     if not m.run.pending:
         synced = replace(m.state, phase=Phase.SYNCED, low_uid=1)
         return _finish(replace(m, state=synced))
-    then, commands = _batches(m, m.run.pending, "low_uid")
-    return replace(m, state=then, run=replace(m.run, pending=())), commands
+    _, commands = _batches(m, m.run.pending, "low_uid")
+    last = commands[-1]
+    assert isinstance(last, Store)
+    final = _final(m, replace(last.then, phase=Phase.SYNCED, low_uid=1))
+    commands[-1] = Store(last.uids, final)
+    return replace(m, state=final, run=replace(m.run, stage=Stage.FINISH, pending=())), commands
 
 
 def _finish(m: Machine) -> tuple[Machine, list[Command]]:
-    obs = m.run.opened
-    assert obs is not None
     state = m.state
     if state.phase is Phase.INITIAL and _low(state) <= 1:
         state = replace(state, phase=Phase.SYNCED, low_uid=1)
-    final = replace(
+    final = _final(m, state)
+    if final == m.run.initial:  # nothing to checkpoint (an unchanged folder's usual pass)
+        return replace(m, state=final, run=replace(m.run, stage=Stage.DONE)), []
+    return replace(m, state=final, run=replace(m.run, stage=Stage.FINISH)), [Save(final)]
+
+
+def _final(m: Machine, state: FolderSyncState) -> FolderSyncState:
+    """``state`` as of the end of this pass: UIDNEXT and HIGHESTMODSEQ as SELECT saw them
+    (flags fetched later are at least that new; the next pass asks CHANGEDSINCE)."""
+    obs = m.run.opened
+    assert obs is not None
+    return replace(
         state,
         uidnext=max(state.uidnext or 0, obs.uidnext),
         highestmodseq=obs.highestmodseq if obs.condstore else state.highestmodseq,
     )
-    return replace(m, state=final, run=replace(m.run, stage=Stage.FINISH)), [Save(final)]
+
+
+def settled_by_status(
+    state: FolderSyncState, status: Mapping[str, int], *, condstore: bool
+) -> FolderSyncState | None:
+    """The synced state of a never-synced folder that LIST-STATUS shows empty, without a
+    pass: no message exists below its UIDNEXT, and anything delivered later is new mail for
+    the next pass. None when a pass is needed (not new, not empty, or the status lacks
+    UIDVALIDITY, UIDNEXT or, on a CONDSTORE server, HIGHESTMODSEQ)."""
+    if state.phase is not Phase.NEW or state.uidvalidity is not None:
+        return None
+    uidvalidity, uidnext = status.get("UIDVALIDITY"), status.get("UIDNEXT")
+    highestmodseq = status.get("HIGHESTMODSEQ")
+    if status.get("MESSAGES") != 0 or not uidvalidity or not uidnext:
+        return None
+    if condstore and not highestmodseq:
+        return None
+    return FolderSyncState(
+        phase=Phase.SYNCED,
+        uidvalidity=uidvalidity,
+        uidnext=uidnext,
+        highestmodseq=highestmodseq if condstore else None,
+        low_uid=1,
+    )

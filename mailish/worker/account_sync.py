@@ -19,11 +19,12 @@ from typing import Final, Literal
 from uuid import UUID
 
 from mailish.domain import folders as domain_folders
+from mailish.domain import syncing
 from mailish.domain.buckets import BucketLease
 from mailish.domain.errors import AuthError, Fenced
 from mailish.domain.folders import FolderRole, ListedFolder, ObservedFolder
 from mailish.domain.logins import Login
-from mailish.domain.syncing import Phase
+from mailish.domain.syncing import FolderSyncState, Phase
 from mailish.mail.imap import wire
 from mailish.mail.imap.connection import ImapConnection, ImapError, ImapSettings
 from mailish.mail.imap.session import ImapSession, ListedMailbox
@@ -83,6 +84,10 @@ class AccountSync:
     _quiet_poll: bool = False
     #: LIST-STATUS of the last mirrored folder list, by path.
     _listed_status: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Paths of the folders that mirror settled from LIST-STATUS (new and empty): no pass.
+    _settled: set[str] = field(default_factory=set)
+    #: Loop time of the last housekeeping (None: no round finished yet).
+    _housekept_at: float | None = None
 
     async def run(self) -> None:
         """Connect and sync until cancelled; errors propagate to the supervisor."""
@@ -166,12 +171,26 @@ class AccountSync:
         """Mirror the folder list, then run a pass on every folder; with ``skip_unchanged``,
         only on folders the LIST-STATUS just received shows changed (see ``_unchanged``)."""
         await self._set_state("syncing", None)
-        self._listed_status = {}
+        self._listed_status, self._settled = {}, set()
         stored = await self._mirror_folder_list(session)
         for folder in _in_sync_order(stored):
+            if folder.path in self._settled:
+                continue  # empty and new: the mirror saved its state from LIST-STATUS
             if skip_unchanged and _unchanged(folder, self._listed_status.get(folder.path)):
                 continue
             await self._sync_folder(session, folder)
+        await self._housekeeping()
+
+    async def _housekeeping(self) -> None:
+        """Purge old tombstones and trim the change log once per ``tombstone_ttl``, counted
+        from the first round (a transaction and nine statements: on every round, ~15% of a
+        small account's first sync and the same again on each poll)."""
+        now = asyncio.get_running_loop().time()
+        if self._housekept_at is None:
+            self._housekept_at = now
+        if now - self._housekept_at < self.tuning.tombstone_ttl.total_seconds():
+            return
+        self._housekept_at = now
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
             await messages.purge_tombstones(
                 conn, account_id=self.account_id, older_than=self.tuning.tombstone_ttl
@@ -179,7 +198,6 @@ class AccountSync:
             await changes.trim(
                 conn, account_id=self.account_id, older_than=self.tuning.changes_retention
             )
-            await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
 
     async def _nothing_changed(self, session: ImapSession) -> bool:
         """For a poll that heard nothing: true when LIST-STATUS shows the same folders as
@@ -243,6 +261,8 @@ class AccountSync:
         diff = domain_folders.diff_folders(snapshots, observed)
         specs = {o.folder.path: _spec(o.folder, roles.get(o.folder.path)) for o in observed}
         ids = {f.path: f.id for f in stored}
+        statuses = {_observed(m, known=set()).folder.path: m.status for m in listed}
+        self._listed_status = statuses
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
             modseq = changes.LazyModseq(conn, self.account_id).get  # only if something changed
             await folders.delete(
@@ -255,30 +275,29 @@ class AccountSync:
                     spec=specs[new],
                 )  # fmt: skip
                 ids[new] = ids.pop(old)
-            for path in diff.created:
-                created = await folders.create(
-                    conn, account_id=self.account_id, modseq=modseq, spec=specs[path]
-                )
-                if created is not None:
-                    ids[path] = created
-            for path, spec in specs.items():
-                if path in ids:
-                    await folders.update_meta(
-                        conn, account_id=self.account_id, modseq=modseq, folder_id=ids[path],
-                        spec=spec,
-                    )  # fmt: skip
-                    await folders.link_parent(
-                        conn, account_id=self.account_id, folder_id=ids[path],
-                        parent_path=spec.parent_path,
-                    )  # fmt: skip
-            for mailbox in listed:  # LIST-STATUS gives totals before any folder is opened
-                path = _observed(mailbox, known=set()).folder.path
-                self._listed_status[path] = mailbox.status
-                if "MESSAGES" in mailbox.status and path in ids:
-                    await folders.set_server_exists(
-                        conn, account_id=self.account_id, folder_id=ids[path],
-                        exists=mailbox.status["MESSAGES"],
-                    )  # fmt: skip
+            await folders.update_meta(
+                conn, account_id=self.account_id, modseq=modseq,
+                specs=[spec for path, spec in specs.items() if path in ids],
+            )  # fmt: skip
+            created = await folders.create(
+                conn, account_id=self.account_id, modseq=modseq,
+                specs=[specs[path] for path in diff.created],
+            )  # fmt: skip
+            ids.update(created)
+            await folders.link_parents(conn, account_id=self.account_id, specs=list(specs.values()))
+            # LIST-STATUS gives totals before any folder is opened, and settles empty new
+            # folders without a pass (a SELECT, a query and a commit each saved).
+            exists = {ids[p]: st["MESSAGES"] for p, st in statuses.items()
+                      if "MESSAGES" in st and p in ids}  # fmt: skip
+            await folders.set_server_exists(conn, account_id=self.account_id, exists=exists)
+            unsynced = {f.path: f.state for f in stored if f.state.phase is Phase.NEW}
+            unsynced.update((path, FolderSyncState()) for path in created)
+            settled = _settled_by_status(unsynced, specs, statuses, condstore=session.condstore)
+            await folders.save_states(
+                conn, account_id=self.account_id,
+                states={ids[p]: state for p, state in settled.items() if p in ids},
+            )  # fmt: skip
+            self._settled = set(settled)
             await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
             result = await folders.list_folders(conn, account_id=self.account_id)
         crash_point("sync.mirrored")
@@ -491,6 +510,26 @@ def _observed(mailbox: ListedMailbox, *, known: set[str]) -> ObservedFolder:
     folder = ListedFolder.from_wire(mailbox.raw_name, mailbox.delimiter, mailbox.attributes)
     uidvalidity = None if folder.path in known else mailbox.status.get("UIDVALIDITY")
     return ObservedFolder(folder, uidvalidity)
+
+
+def _settled_by_status(
+    unsynced: dict[str, FolderSyncState],
+    specs: dict[str, FolderSpec],
+    statuses: dict[str, dict[str, int]],
+    *,
+    condstore: bool,
+) -> dict[str, FolderSyncState]:
+    """The synced state, by path, of each never-synced selectable folder that LIST-STATUS
+    shows empty (``syncing.settled_by_status``)."""
+    settled: dict[str, FolderSyncState] = {}
+    for path, state in unsynced.items():
+        spec, status = specs.get(path), statuses.get(path)
+        if spec is None or not spec.selectable or status is None:
+            continue
+        done = syncing.settled_by_status(state, status, condstore=condstore)
+        if done is not None:
+            settled[path] = done
+    return settled
 
 
 def _spec(folder: ListedFolder, role: FolderRole | None) -> FolderSpec:

@@ -134,16 +134,18 @@ class FolderSync:
         used_qresync = (
             known is not None and self.session.qresync and known[0] == selected.uidvalidity
         )
-        async with self.pool.acquire() as conn:
-            local = await messages.count_live(conn, folder_id=self.folder.id)
+        local = 0  # the machine compares counts of synced folders without QRESYNC only
+        if self.folder.state.phase is sm.Phase.SYNCED and not used_qresync:
+            async with self.pool.acquire() as conn:
+                local = await messages.count_live(conn, folder_id=self.folder.id)
         if selected.exists != self.folder.server_exists:
             # Usually already right (the round's LIST-STATUS stored it): then no transaction,
             # which saves a commit (an fsync) per folder and pass.
             async with self._write() as (conn, _):
                 await folders.set_server_exists(
-                    conn, account_id=self.account_id, folder_id=self.folder.id,
-                    exists=selected.exists,
-                )  # fmt: skip
+                    conn, account_id=self.account_id, exists={self.folder.id: selected.exists}
+                )
+                await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
         return sm.Opened(
             uidvalidity=selected.uidvalidity,
             uidnext=selected.uidnext or 1,
@@ -234,6 +236,10 @@ class FolderSync:
                 await folders.save_state(
                     conn, account_id=self.account_id, folder_id=self.folder.id, state=then
                 )
+                synced_now = then.phase is sm.Phase.SYNCED
+                if synced_now and self.folder.state.phase is not sm.Phase.SYNCED:
+                    # history complete: the account's count of synced folders moved
+                    await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
         crash_point("sync.stored")
         if self.on_progress is not None and stored:
             self.on_progress(stored)
@@ -264,6 +270,8 @@ class FolderSync:
                 conn, account_id=self.account_id, modseq=modseq.get,
                 folder_id=self.folder.id,
             )  # fmt: skip
+            if vanished:  # the account's message count (a pass may end without a Save)
+                await accounts.refresh_progress(conn, account_id=self.account_id)  # type: ignore[arg-type]
         if normalised:
             crash_point("sync.flags_applied")
         if vanished:

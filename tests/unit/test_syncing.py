@@ -71,9 +71,13 @@ class ModelLocal:
             self.budget -= 1
 
 
-def run_pass(server: ModelServer, local: ModelLocal, batch: int = 3) -> s.Machine:
+def run_pass(
+    server: ModelServer, local: ModelLocal, batch: int = 3, issued: list[s.Command] | None = None
+) -> s.Machine:
     machine, commands = s.start(local.state, batch=batch)
     while True:
+        if issued is not None:
+            issued.extend(commands)
         obs: s.Observation = s.Done()
         stored = 0
         for command in commands:
@@ -303,3 +307,80 @@ def test_converges_after_crashes_at_any_point(
     before = dict(local.messages)
     run_pass(server, local, batch)
     assert local.messages == before
+
+
+def commands_of_a_pass(server: ModelServer, local: ModelLocal, batch: int = 3) -> list[s.Command]:
+    issued: list[s.Command] = []
+    run_pass(server, local, batch, issued=issued)
+    return issued
+
+
+def test_a_new_empty_folder_is_one_save() -> None:
+    server = ModelServer(uidnext=7)  # empty, though it once held mail
+    local = ModelLocal()
+    issued = commands_of_a_pass(server, local)
+    assert [type(c) for c in issued] == [s.Open, s.Save]
+    assert local.state == s.FolderSyncState(
+        phase=s.Phase.SYNCED, uidvalidity=1, uidnext=7, highestmodseq=1, low_uid=1
+    )
+
+
+def test_the_last_history_batch_carries_the_final_checkpoint() -> None:
+    server = ModelServer()
+    for i in range(5):
+        server.add(f"m{i}")
+    local = ModelLocal()
+    issued = commands_of_a_pass(server, local, batch=2)
+    assert [type(c) for c in issued] == [s.Open, s.Search, s.Store, s.Store, s.Store]
+    last = issued[-1]
+    assert isinstance(last, s.Store) and last.uids == (1,)
+    assert last.then == local.state
+    assert local.state.phase is s.Phase.SYNCED and local.state.uidnext == 6
+    assert local.state.highestmodseq == server.modseq
+
+
+@pytest.mark.parametrize(("condstore", "qresync"), [(True, True), (True, False)])
+def test_a_pass_over_an_unchanged_folder_saves_nothing(condstore: bool, qresync: bool) -> None:
+    server = ModelServer(condstore=condstore, qresync=qresync)
+    for i in range(4):
+        server.add(f"m{i}")
+    local = ModelLocal()
+    run_pass(server, local)
+    issued = commands_of_a_pass(server, local)
+    assert not [c for c in issued if isinstance(c, s.Save | s.Store)], issued
+    server.set_flags(2, frozenset({"\\Seen"}))
+    issued = commands_of_a_pass(server, local)
+    assert [c for c in issued if isinstance(c, s.Save)], "a change is checkpointed"
+    assert local.state.highestmodseq == server.modseq
+
+
+STATUS = {"MESSAGES": 0, "UIDVALIDITY": 9, "UIDNEXT": 4, "HIGHESTMODSEQ": 12}
+
+
+def test_an_empty_new_folder_is_settled_from_its_status() -> None:
+    settled = s.settled_by_status(s.FolderSyncState(), STATUS, condstore=True)
+    assert settled == s.FolderSyncState(
+        phase=s.Phase.SYNCED, uidvalidity=9, uidnext=4, highestmodseq=12, low_uid=1
+    )
+    without = s.settled_by_status(s.FolderSyncState(), STATUS, condstore=False)
+    assert without is not None and without.highestmodseq is None
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "condstore"),
+    [
+        (s.FolderSyncState(), {**STATUS, "MESSAGES": 1}, True),  # not empty
+        (s.FolderSyncState(), {k: v for k, v in STATUS.items() if k != "UIDNEXT"}, True),
+        (s.FolderSyncState(), {k: v for k, v in STATUS.items() if k != "UIDVALIDITY"}, True),
+        (s.FolderSyncState(), {k: v for k, v in STATUS.items() if k != "MESSAGES"}, True),
+        # CONDSTORE server, mailbox without mod-sequences (NOMODSEQ): open it properly
+        (s.FolderSyncState(), {k: v for k, v in STATUS.items() if k != "HIGHESTMODSEQ"}, True),
+        # synced before: its own passes know better (expunges to apply, a UIDVALIDITY change)
+        (s.FolderSyncState(s.Phase.SYNCED, 9, 3, 10, 1), STATUS, True),
+        (s.FolderSyncState(s.Phase.INITIAL, 9, 3, 10, 2), STATUS, True),
+    ],
+)
+def test_anything_else_gets_a_pass(
+    state: s.FolderSyncState, status: dict[str, int], condstore: bool
+) -> None:
+    assert s.settled_by_status(state, status, condstore=condstore) is None
