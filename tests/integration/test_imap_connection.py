@@ -139,6 +139,40 @@ async def test_large_responses_and_imap_looking_bodies(
         await conn.logout()
 
 
+async def test_connections_sharing_the_tls_read_buffer_read_their_own_bytes(
+    dovecot: Dovecot, test_ca: LocalCA, mail_user: MailUser
+) -> None:
+    """A thread's TLS connections share one read buffer (16 KB less per idle account):
+    eight connections fetching different 1 MB messages at once each get theirs intact."""
+    bodies = [
+        b"From: a@example.org\r\nSubject: big %d\r\n\r\n" % i
+        + b"".join(b"%d-%06d %s\r\n" % (i, n, b"x" * 60) for n in range(15_000))
+        for i in range(8)
+    ]
+    for body in bodies:
+        dovecot.deliver(mail_user, body)
+    conns = [
+        await ImapConnection.open(settings_for(dovecot, test_ca, Security.TLS)) for _ in bodies
+    ]
+    try:
+        buffers = {id(c._writer.transport._ssl_protocol._ssl_buffer) for c in conns}  # type: ignore[attr-defined]
+        assert len(buffers) == 1
+
+        async def fetch(conn: ImapConnection, uid: int) -> bytes:
+            await conn.login(PasswordLogin(mail_user.name, mail_user.password))
+            await conn.command("EXAMINE", b"INBOX")
+            result = await conn.command("UID FETCH", str(uid).encode(), b"(BODY.PEEK[])")
+            body = wire.flatten_pairs(result.of("FETCH")[0].values[0])["BODY[]"]  # type: ignore[arg-type]
+            assert isinstance(body, bytes)
+            return body
+
+        fetched = await asyncio.gather(*(fetch(c, i + 1) for i, c in enumerate(conns)))
+        assert fetched == bodies
+    finally:
+        for conn in conns:
+            await conn.logout()
+
+
 # -- scripted hostile servers --------------------------------------------------------------
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

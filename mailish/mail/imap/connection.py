@@ -22,6 +22,7 @@ import itertools
 import logging
 import ssl
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ class ImapConnection:
         self.settings = settings
         self._reader = reader
         self._writer = writer
-        self._tags = (f"M{n}" for n in itertools.count(1))
+        self._tags = itertools.count(1)
         self.capabilities: frozenset[str] = frozenset()
         self.unsolicited: deque[wire.Response] = deque(maxlen=100_000)
         self.authenticated = False
@@ -241,7 +242,7 @@ class ImapConnection:
         NO/BAD, ``ConnectionLost`` on EOF or timeout (the connection is then unusable).
         """
         async with self._lock:
-            tag = next(self._tags)
+            tag = f"M{next(self._tags)}"
             parts = [tag.encode(), name.encode()]
             parts += [a.encode() if isinstance(a, str) else a for a in args]
             line = b" ".join(parts)
@@ -386,7 +387,7 @@ class ImapConnection:
     async def idle_begin(self) -> str:
         """Send IDLE and wait for the server's go-ahead; returns the tag for ``idle_end``."""
         async with self._lock:
-            tag = next(self._tags)
+            tag = f"M{next(self._tags)}"
             self._send(tag.encode() + b" IDLE\r\n")
             try:
                 await self._await_continuation("IDLE")
@@ -453,26 +454,55 @@ _OWN: dict[str, frozenset[str]] = {
 
 
 def _trim_tls_read_buffer(writer: asyncio.StreamWriter) -> None:
-    """Shrink asyncio's per-connection TLS read buffer from 256 KiB to ``TLS_READ_BUFFER``.
+    """Point asyncio's TLS read buffer for this connection at the thread's shared one.
 
     CPython's ``sslproto.SSLProtocol`` reads the socket into a zero-filled 256 KiB bytearray
     (``max_size``) made per connection, so every idle account cost 256 KB of resident memory
-    before anything else (the scale benchmark measured ~390 KB per account). A TLS record
-    holds at most 16 KiB, so a 16 KiB buffer still takes whole records and costs only more,
-    smaller reads during bulk fetches. Private attributes of the stdlib: if they are not
-    there (another Python, a plaintext transport), nothing changes.
+    before anything else (the scale benchmark measured ~390 KB per account); a private
+    16 KiB one still cost 16 KB, a sixth of an idle account. The buffer only carries bytes
+    from ``recv_into`` to ``buffer_updated``, which copies them into the SSL object's memory
+    BIO before returning, all in one synchronous callback of the selector loop: no two
+    connections of a thread can be inside that window at once, so they can share one buffer.
+    A TLS record holds at most 16 KiB, so reads still take whole records. Private attributes
+    of the stdlib: if they are not there (another Python or event loop, a plaintext
+    transport), nothing changes.
     """
     protocol = getattr(writer.transport, "_ssl_protocol", None)
     if protocol is None or not isinstance(getattr(protocol, "_ssl_buffer", None), bytearray):
         return
+    if not isinstance(asyncio.get_running_loop(), asyncio.selector_events.BaseSelectorEventLoop):
+        return  # a proactor reads asynchronously into the buffer: keep a private one
     protocol.max_size = TLS_READ_BUFFER
-    protocol._ssl_buffer = bytearray(TLS_READ_BUFFER)
-    protocol._ssl_buffer_view = memoryview(protocol._ssl_buffer)
+    protocol._ssl_buffer, protocol._ssl_buffer_view = _shared_read_buffer()
+
+
+_read_buffers = threading.local()
+
+
+def _shared_read_buffer() -> tuple[bytearray, memoryview]:
+    """This thread's TLS read buffer (threads each run their own loop; recv_into releases
+    the GIL, so two threads must never share one)."""
+    pair: tuple[bytearray, memoryview] | None = getattr(_read_buffers, "pair", None)
+    if pair is None:
+        buffer = bytearray(TLS_READ_BUFFER)
+        pair = _read_buffers.pair = (buffer, memoryview(buffer))
+    return pair
+
+
+_capability_sets: dict[frozenset[str], frozenset[str]] = {}
 
 
 def _caps(values: Iterable[wire.Value]) -> frozenset[str]:
-    # interned: a worker holds thousands of connections with the same ~40 capability names
-    return frozenset(sys.intern(v.upper()) for v in values if isinstance(v, str))
+    """The capability set, shared by every connection that got the same one: a worker holds
+    thousands of connections to a handful of servers, and a set of ~40 names is ~2 KB."""
+    caps = frozenset(sys.intern(v.upper()) for v in values if isinstance(v, str))
+    shared = _capability_sets.get(caps)
+    if shared is not None:
+        return shared
+    if len(_capability_sets) >= 1024:  # a hostile server varying its list cannot grow this
+        _capability_sets.clear()
+    _capability_sets[caps] = caps
+    return caps
 
 
 def _astring(text: str) -> bytes:
