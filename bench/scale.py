@@ -51,6 +51,7 @@ from bench.scale_rig import (
     raise_open_files_limit,
     random_targets,
     seed_accounts,
+    take_over,
     wait_claimed,
     wait_online,
 )
@@ -92,6 +93,10 @@ class SizeResult:
     missing: int = 0
     load: tuple[float, float] = (0.0, 0.0)
     note: str = ""
+    #: A fresh worker taking every bucket over after the first one was SIGKILLed: seconds
+    #: until all N finished a round again, and that worker's CPU seconds meanwhile.
+    takeover_s: float | None = None
+    takeover_cpu_s: float = 0.0
 
     @property
     def rss_per_account_kb(self) -> float:
@@ -155,6 +160,11 @@ async def run_size(
             conn, servers.dovecot, targets, inboxes, rate=knobs.rate, limit=knobs.delivery_limit
         )
         worker.check_alive()
+        takeover_s, takeover_cpu = (
+            (None, 0.0)
+            if knobs.profile
+            else await take_over(conn, worker, n, limit=knobs.online_limit)
+        )  # a SIGKILLed worker writes no profile
     finally:
         await conn.close()
         worker.stop()
@@ -170,6 +180,7 @@ async def run_size(
         latencies_s=[d.seen_after for d in deliveries if d.seen_after is not None],
         missing=sum(1 for d in deliveries if d.seen_after is None),
         load=(load_before, os.getloadavg()[0]),
+        takeover_s=takeover_s, takeover_cpu_s=takeover_cpu,
     )  # fmt: skip
 
 
@@ -246,6 +257,16 @@ def scale_table(results: list[SizeResult], knobs: Knobs, peers: list[dict[str, A
             f"  {r.accounts:>5}: {worker:.1f} / {pg:.1f} / {dovecot:.1f}"
             f"   ({1000 * worker / max(1, r.accounts - 1):.1f} ms of worker CPU per account)"
         )
+    lines.append(
+        "takeover after SIGKILL (a fresh worker process claims every bucket and re-syncs all N):"
+    )
+    for r in results:
+        if r.takeover_s is not None:
+            lines.append(
+                f"  {r.accounts:>5}: all online again in {r.takeover_s:.1f} s from process start,"
+                f" {r.takeover_cpu_s:.1f} s worker CPU"
+                f" ({1000 * r.takeover_cpu_s / max(1, r.accounts):.1f} ms per account)"
+            )
     lines.append("against the targets:")
     for r in results:
         p99 = sorted(r.latencies_s)[round(0.99 * (len(r.latencies_s) - 1))] if r.latencies_s else 99

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import random
 import resource
@@ -138,17 +139,26 @@ async def seed_accounts(
     return ids
 
 
-async def count_online(conn: Conn) -> int:
-    """Accounts whose loop finished its first round and went back to waiting (IDLE/NOTIFY)."""
-    return int(await conn.fetchval("SELECT count(*) FROM accounts WHERE sync_state = 'idle'"))
+async def count_online(conn: Conn, *, since: dt.datetime | None = None) -> int:
+    """Accounts whose loop finished its first round and went back to waiting (IDLE/NOTIFY);
+    with ``since``, a round finished at or after it (by a worker started then)."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM accounts WHERE sync_state = 'idle'"
+            " AND ($1::timestamptz IS NULL OR last_sync_at >= $1)",
+            since,
+        )
+    )
 
 
-async def wait_online(conn: Conn, expected: int, *, limit: float) -> float:
+async def wait_online(
+    conn: Conn, expected: int, *, limit: float, since: dt.datetime | None = None
+) -> float:
     """Seconds until ``expected`` accounts are idle; raises with the count reached if not."""
     started = time.monotonic()
     online = 0
     while time.monotonic() - started < limit:
-        online = await count_online(conn)
+        online = await count_online(conn, since=since)
         if online >= expected:
             return time.monotonic() - started
         await asyncio.sleep(0.1)
@@ -244,6 +254,13 @@ class WorkerProcess:
         except OSError:
             return "(no log)"
 
+    def kill(self) -> None:
+        """SIGKILL, as when its node dies: no goodbye to IMAP servers or PostgreSQL."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL of the process group after ``timeout``; the exit code."""
         proc = self.proc
@@ -281,6 +298,21 @@ async def wait_claimed(conn: Conn, *, limit: float, worker: WorkerProcess) -> No
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"worker did not claim its buckets in {limit} s:\n{worker.log_tail()}")
+
+
+async def take_over(
+    conn: Conn, worker: WorkerProcess, n: int, *, limit: float
+) -> tuple[float, float]:
+    """Failover: SIGKILL ``worker`` (its node died) and start a successor on the same
+    database, which claims every bucket at a newer epoch and runs a full round on each of the
+    N accounts (each already synced, so mostly LIST-STATUS and SELECT QRESYNC). Returns the
+    seconds from the successor's start until every account finished that round (imports and
+    claiming included) and its CPU seconds. ``worker`` is left running the successor."""
+    worker.kill()
+    since = await conn.fetchval("SELECT now()")
+    worker.start()
+    took = await wait_online(conn, n, limit=limit, since=since)
+    return took, worker.usage().cpu_s
 
 
 # --- delivery latency ---------------------------------------------------------------------

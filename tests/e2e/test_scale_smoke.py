@@ -1,6 +1,7 @@
 """The scale benchmark's plumbing at 50 accounts, in every CI run, so ``bench/scale.py`` cannot
 rot: a real ``mailish worker`` process brings 50 distinct Dovecot users online (one TLS
-connection each, waiting in NOTIFY), and one message delivered to each reaches PostgreSQL.
+connection each, waiting in NOTIFY), one message delivered to each reaches PostgreSQL, and
+after a SIGKILL a successor process takes them all over.
 
 The benchmark proper (500-2,000 accounts, RSS, idle CPU, latency percentiles) is
 ``bench/test_scale_bench.py`` / ``python -m bench.scale``, marked slow.
@@ -22,6 +23,7 @@ from bench.scale_rig import (
     new_keyring,
     raise_open_files_limit,
     seed_accounts,
+    take_over,
     wait_claimed,
     wait_online,
 )
@@ -65,6 +67,14 @@ async def test_fifty_accounts_online_and_each_delivery_reaches_postgres(
         assert not missing, f"never reached PostgreSQL: {missing}\n{worker.log_tail()}"
         assert len({(d.folder_id, d.uid) for d in deliveries}) == ACCOUNTS
         worker.check_alive()
+
+        # The node dies: a successor takes every bucket over and re-syncs every account,
+        # holding one connection each, without a duplicate or a lost message.
+        await take_over(conn, worker, ACCOUNTS, limit=90)
+        assert worker.imap_connections(dovecot.imaps_port) == ACCOUNTS
+        synced = await conn.fetchval("SELECT count(*) FROM messages WHERE expunged_at IS NULL")
+        assert synced == ACCOUNTS * (MESSAGES + 1)
+        assert await conn.fetchval("SELECT count(DISTINCT epoch) FROM bucket_claims") == 1
     finally:
         await conn.close()
         code = worker.stop()
