@@ -358,10 +358,15 @@ class AccountSync:
         relist = False
         pending = list(session.conn.unsolicited)
         session.conn.unsolicited.clear()
+        events = 0
         while True:
             for event in pending:
                 relist |= _classify(event, session.selected, dirty)
+            events += len(pending)
             pending = []
+            if events > MAX_EVENTS_PER_WAKE:  # a server that never pauses: resync it all
+                self._quiet_poll = False
+                return None
             if dirty or relist:
                 wait = self.tuning.debounce
             else:
@@ -446,7 +451,11 @@ class AccountSync:
             )
 
 
-_MAILBOX_EVENTS = frozenset({"EXISTS", "EXPUNGE", "FETCH", "VANISHED"})
+# OVERFLOW: the connection dropped unsolicited responses beyond its bound (a full round).
+_MAILBOX_EVENTS = frozenset({"EXISTS", "EXPUNGE", "FETCH", "VANISHED", "OVERFLOW"})
+#: Events gathered into one wake-up while they keep arriving within ``debounce`` of each
+#: other; beyond, the loop stops listening and runs a full round.
+MAX_EVENTS_PER_WAKE = 1000
 _OPS: Final = "ops"
 
 

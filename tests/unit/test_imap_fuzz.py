@@ -24,7 +24,12 @@ from mailish.domain.endpoints import Endpoint, Security
 from mailish.domain.errors import ProtocolError, TransientError
 from mailish.mail.imap import connection as imap_connection
 from mailish.mail.imap import wire
-from mailish.mail.imap.connection import ConnectionLost, ImapConnection, ImapSettings
+from mailish.mail.imap.connection import (
+    MAX_LONG_LINE,
+    ConnectionLost,
+    ImapConnection,
+    ImapSettings,
+)
 
 MB = 1 << 20
 TAG = b"\x00TAG\x00"  # replaced by the tag of the client's command
@@ -318,7 +323,8 @@ HOSTILE: dict[str, tuple[bytes, bool, type[BaseException]]] = {
     "unbalanced-open": (FETCH + b"(((NIL)\r\n" + DONE, True, ProtocolError),
     "unbalanced-close": (FETCH + b"NIL)))\r\n" + DONE, True, ProtocolError),
     "literal-in-unbalanced-list": (FETCH + b"((X {2}\r\nab\r\n" + DONE, True, ProtocolError),
-    "line-over-1MB": (b"* OK " + b"x" * (MB + 10), True, ProtocolError),
+    # read in 1 MiB pieces, refused past MAX_LONG_LINE (a plain SEARCH of millions of UIDs)
+    "line-over-64MB": (b"* OK " + b"x" * (MAX_LONG_LINE + 2 * MB), True, ProtocolError),
     "no-tagged-reply": (b"* 1 EXISTS\r\n" * 1000, True, ConnectionLost),
     "bye-mid-command": (b"* BYE going away\r\n", True, ConnectionLost),
     "eof-mid-line": (b"* 1 FETCH (UID", False, ConnectionLost),

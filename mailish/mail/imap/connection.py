@@ -46,9 +46,21 @@ from mailish.mail.tls import client_context, describe_tls_failure
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
-MAX_LINE = 1 << 20  # one text line; literals are counted separately
+MAX_LINE = 1 << 20  # lines are read in pieces of at most this (the stream's buffer limit)
+# One text line in all: a plain (non-ESEARCH) UID SEARCH answers a folder of N messages in
+# one line of ~8N bytes, so a 200,000-message folder needs more than a MiB.
+MAX_LONG_LINE = 64 << 20
 MAX_LITERAL = 64 << 20
 MAX_RESPONSE = 256 << 20
+# Everything one command (or one IDLE) may receive, its own data and unsolicited responses
+# alike. The largest legitimate answers (a fetch piece of big mail, FLAGS of a huge folder)
+# stay far below; a hostile server streaming responses until the timeout does not.
+MAX_COMMAND_BYTES = 256 << 20
+# Unsolicited responses kept for the session between its looks at them. Past this, they are
+# replaced by one OVERFLOW marker: the session then re-syncs everything, which loses nothing.
+MAX_UNSOLICITED = 10_000
+MAX_UNSOLICITED_BYTES = 16 << 20
+OVERFLOW = wire.DataResponse("OVERFLOW", None, ())
 # Literals in one response. Each piece costs objects beyond its bytes, so a server ending
 # every line in "{0}" could otherwise grow one response until the timeout.
 MAX_LITERALS = 10_000
@@ -103,7 +115,12 @@ class ImapConnection:
         self._writer = writer
         self._tags = itertools.count(1)
         self.capabilities: frozenset[str] = frozenset()
-        self.unsolicited: deque[wire.Response] = deque(maxlen=100_000)
+        #: Responses that arrived outside their command (see MAX_UNSOLICITED); the session
+        #: takes them out as it acts on them.
+        self.unsolicited: deque[wire.Response] = deque()
+        self._unsolicited_bytes = 0  # an upper bound of the bytes held in ``unsolicited``
+        self._received = 0  # bytes of all responses read so far
+        self._last_size = 0  # bytes of the last response read
         self.authenticated = False
         self.mid_event = False
         self._lock = asyncio.Lock()
@@ -269,8 +286,9 @@ class ImapConnection:
             self._send(line + b"\r\n")
         result = Result(wire.StatusResponse(None, "", None, (), ""))
         answered = False
+        start = self._received
         while True:
-            response = await self._response()
+            response = await self._response(budget_from=start)
             if isinstance(response, wire.Continuation):
                 # SASL: our one message, then an empty line to any further challenge
                 self._send((continuation if not answered and continuation else b"") + b"\r\n")
@@ -285,32 +303,56 @@ class ImapConnection:
                 if response.status == "BYE":
                     self.abort()
                     raise ConnectionLost(f"IMAP server closed the connection: {response.text}")
-                self.unsolicited.append(response)
+                self._set_aside(response)
                 continue
             if response.kind in _UNSOLICITED_KINDS and response.kind not in _OWN.get(name, ()):
-                self.unsolicited.append(response)
+                self._set_aside(response)
             else:
                 result.data.append(response)
 
     async def _await_continuation(self, name: str) -> None:
+        start = self._received
         while True:
-            response = await self._response()
+            response = await self._response(budget_from=start)
             if isinstance(response, wire.Continuation):
                 return
             if isinstance(response, wire.StatusResponse) and response.tag is not None:
                 raise ImapError(name, response)
-            self.unsolicited.append(response)
+            self._set_aside(response)
+
+    def _set_aside(self, response: wire.Response) -> None:
+        """Keep ``response`` for the session; past MAX_UNSOLICITED(_BYTES), only OVERFLOW."""
+        if not self.unsolicited:
+            self._unsolicited_bytes = 0
+        elif self.unsolicited[-1] is OVERFLOW:
+            return
+        self._unsolicited_bytes += self._last_size
+        if (
+            len(self.unsolicited) >= MAX_UNSOLICITED
+            or self._unsolicited_bytes > MAX_UNSOLICITED_BYTES
+        ):
+            self.unsolicited.clear()
+            self.unsolicited.append(OVERFLOW)
+            log.warning("IMAP server sent too many unsolicited responses; resyncing instead")
+            return
+        self.unsolicited.append(response)
 
     def _send(self, data: bytes) -> None:
         if self._writer.is_closing():
             raise ConnectionLost("IMAP connection is closed")
         self._writer.write(data)
 
-    async def _response(self, first: bytes | None = None) -> wire.Response:
+    async def _response(
+        self, first: bytes | None = None, *, budget_from: int | None = None
+    ) -> wire.Response:
         """The next response, parsed. One we cannot parse leaves the stream out of step, so
-        the connection is closed with the error rather than reused."""
+        the connection is closed with the error rather than reused. With ``budget_from`` (the
+        ``_received`` count when a command began), more than MAX_COMMAND_BYTES since then
+        is a protocol error too."""
         raw = await self._read_response(first)
         try:
+            if budget_from is not None and self._received - budget_from > MAX_COMMAND_BYTES:
+                raise ProtocolError(f"IMAP server sent over {MAX_COMMAND_BYTES} bytes to a command")
             return wire.parse(raw)
         except ProtocolError:
             self.abort()
@@ -325,14 +367,15 @@ class ImapConnection:
             async with asyncio.timeout(self.settings.timeout):
                 while True:
                     if first is not None:
-                        line, first = first, None
+                        line, first = first[:-2], None
                     else:
-                        line = await self._reader.readuntil(b"\r\n")
-                    line = line[:-2]
+                        line = await self._read_line()
                     total += len(line)
                     size = wire.literal_size(line, limit=self.settings.max_literal)
                     raw.segments.append(line)
                     if size is None:
+                        self._received += total
+                        self._last_size = total
                         return raw
                     total += size
                     if total > MAX_RESPONSE:
@@ -343,9 +386,6 @@ class ImapConnection:
         except asyncio.IncompleteReadError as exc:
             self.abort()
             raise ConnectionLost("IMAP server closed the connection mid-response") from exc
-        except asyncio.LimitOverrunError as exc:
-            self.abort()
-            raise ProtocolError(f"IMAP response line longer than {MAX_LINE} bytes") from exc
         except (ConnectionError, ssl.SSLError) as exc:
             self.abort()
             raise ConnectionLost(f"IMAP connection lost ({exc})") from exc
@@ -356,6 +396,23 @@ class ImapConnection:
             self.abort()
             raise
 
+    async def _read_line(self) -> bytes:
+        """One line without its CRLF, read in pieces of at most MAX_LINE (the stream's limit)
+        so that one up to MAX_LONG_LINE is fine; longer is a ProtocolError."""
+        pieces: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                piece = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                piece = await self._reader.readexactly(exc.consumed)
+            size += len(piece)
+            if size > MAX_LONG_LINE + 2:
+                raise ProtocolError(f"IMAP response line longer than {MAX_LONG_LINE} bytes")
+            pieces.append(piece)
+            if piece.endswith(b"\r\n"):
+                return (b"".join(pieces) if len(pieces) > 1 else piece)[:-2]
+
     async def wait_event(self, wait: float) -> wire.Response | None:
         """Wait up to ``wait`` seconds for one unsolicited response (NOTIFY, IDLE, EXISTS).
 
@@ -364,8 +421,11 @@ class ImapConnection:
         ``mid_event`` is true and the caller must let the read finish instead of cancelling.
         """
         async with self._lock:
+            first: bytes | None
             try:
                 first = await asyncio.wait_for(self._reader.readuntil(b"\r\n"), wait)
+            except asyncio.LimitOverrunError:
+                first = None  # a line too long for one piece has begun: read it whole below
             except TimeoutError:
                 return None
             except asyncio.IncompleteReadError as exc:
@@ -401,8 +461,9 @@ class ImapConnection:
         async with self._lock:
             self._send(b"DONE\r\n")
             seen: list[wire.Response] = []
+            start = self._received
             while True:
-                response = await self._response()
+                response = await self._response(budget_from=start)
                 if isinstance(response, wire.StatusResponse) and response.tag == tag:
                     if response.status != "OK":
                         raise ImapError("IDLE", response)
