@@ -6,6 +6,7 @@ change-log row in the same fenced transaction.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -78,11 +79,20 @@ WHERE f.account_id = $1 AND f.path = u.path AND f.parent_id IS DISTINCT FROM p.i
 SAVE_STATES = """
 UPDATE folders f SET uidvalidity = u.uidvalidity, uidnext = u.uidnext,
     highestmodseq = u.highestmodseq, sync_phase = u.phase, initial_low_uid = u.low_uid,
-    resets = u.resets, flagged_reason = u.flagged_reason, updated_at = now()
+    resets = u.resets, flagged_reason = u.flagged_reason, updated_at = now(),
+    flagged_at = CASE WHEN u.phase = 'flagged' THEN coalesce(f.flagged_at, now()) END
 FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::numeric[], $6::text[], $7::bigint[],
             $8::int[], $9::text[])
      AS u(id, uidvalidity, uidnext, highestmodseq, phase, low_uid, resets, flagged_reason)
 WHERE f.account_id = $1 AND f.id = u.id
+"""
+# A tripped breaker is retried after its cool-down: from INITIAL with a fresh reset count,
+# so the next pass re-maps by stable id (or trips again after MAX_RESETS more changes).
+RETRY_FLAGGED = """
+UPDATE folders SET sync_phase = 'initial', resets = 0, flagged_reason = NULL, flagged_at = NULL,
+    updated_at = now()
+WHERE account_id = $1 AND sync_phase = 'flagged' AND flagged_at < now() - $2::interval
+RETURNING id
 """
 SET_EXISTS = """
 UPDATE folders f SET server_exists = u.n
@@ -248,6 +258,19 @@ async def save_state(
     conn: Conn, *, account_id: UUID, folder_id: int, state: FolderSyncState
 ) -> None:
     await save_states(conn, account_id=account_id, states={folder_id: state})
+
+
+async def retry_flagged(
+    conn: Conn, *, account_id: UUID, modseq: changes.ModseqSource, older_than: dt.timedelta
+) -> int:
+    """Clear the breaker of folders flagged longer than ``older_than`` ago (logged as folder
+    updates: their ``sync_problem`` goes away); returns how many."""
+    rows = await conn.fetch(RETRY_FLAGGED, account_id, older_than)
+    await changes.record(
+        conn, account_id=account_id, modseq=modseq, kind="folder", change="updated",
+        object_ids=[r["id"] for r in rows],
+    )  # fmt: skip
+    return len(rows)
 
 
 async def set_server_exists(conn: Conn, *, account_id: UUID, exists: Mapping[int, int]) -> None:

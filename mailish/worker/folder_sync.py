@@ -120,6 +120,11 @@ class FolderSync:
                     await folders.save_state(
                         conn, account_id=self.account_id, folder_id=self.folder.id, state=state
                     )
+                    if state.flagged_reason and not self.folder.state.flagged_reason:
+                        await changes.record(  # the app shows the folder's sync_problem
+                            conn, account_id=self.account_id, modseq=modseq.get,
+                            kind="folder", change="updated", object_ids=[self.folder.id],
+                        )  # fmt: skip
                     await folders.recount(
                         conn, account_id=self.account_id, modseq=modseq.get,
                         folder_id=self.folder.id,

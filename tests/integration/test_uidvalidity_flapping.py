@@ -9,6 +9,9 @@ being re-mapped forever, while the account's other folders keep syncing.
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 import httpx
 
 from mailish.domain import syncing
@@ -27,14 +30,14 @@ FROM folders f WHERE f.account_id = $1 AND f.path IN ('INBOX', 'Work')
 """
 
 
-async def one_pass(pool: Pool, linked: Linked) -> None:
+async def one_pass(pool: Pool, linked: Linked, **tuning: object) -> None:
     """A pass on a fresh connection, as the account loop makes after a reconnect."""
     conn = await ImapConnection.open(linked.imap)
     try:
         await conn.login(PasswordLogin(linked.user.name, linked.user.password))
         session = ImapSession(conn)
         await session.enable_extensions()
-        await linked.sync(pool).sync_all(session)
+        await linked.sync(pool, **tuning).sync_all(session)
     finally:
         await conn.logout()
 
@@ -99,3 +102,40 @@ async def test_flapping_uidvalidity_trips_the_breaker_and_flags_only_that_folder
     problems = {f["path"]: f["sync_problem"] for f in listed}
     assert problems["INBOX"] == tripped["flagged_reason"]
     assert problems["Work"] is None
+
+    async with db_pool.acquire() as conn:
+        since = await conn.fetchval("SELECT modseq FROM accounts WHERE id = $1", linked.account_id)
+        inbox_id = await conn.fetchval(
+            "SELECT id FROM folders WHERE account_id = $1 AND path = 'INBOX'", linked.account_id
+        )
+
+    # Six hours later (the cool-down), housekeeping clears the breaker; the next pass
+    # re-maps INBOX by stable id and picks up the mail it missed meanwhile.
+    async with db_pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE folders SET flagged_at = now() - interval '7 hours' "
+            "WHERE account_id = $1 AND path = 'INBOX'",
+            linked.account_id,
+        )
+    housekeeping = {"tombstone_ttl": dt.timedelta(0)}  # every round, not every 10 minutes
+    await one_pass(db_pool, linked, **housekeeping)
+    retried = (await states(db_pool, linked))["INBOX"]
+    assert retried["flagged_reason"] is None and retried["resets"] == 0
+    await one_pass(db_pool, linked, **housekeeping)
+    healed = (await states(db_pool, linked))["INBOX"]
+    assert healed["sync_phase"] == syncing.Phase.SYNCED.value
+    assert healed["uidvalidity"] == 5000 + changes
+    assert healed["live"] == 11  # the ten kept (re-mapped) and note 99
+    feed = await client_changes(api, linked, since=since)
+    assert inbox_id in feed["folders"]["updated"], feed  # the app refetches its sync_problem
+    async with httpx.AsyncClient(base_url=api.base, headers=headers) as client:
+        listed = (await client.get("/v1/folders")).json()["folders"]
+    assert {f["path"]: f["sync_problem"] for f in listed}["INBOX"] is None
+
+
+async def client_changes(api: RunningApi, linked: Linked, since: int) -> Any:
+    headers = {"Authorization": f"Bearer {linked.token}"}
+    async with httpx.AsyncClient(base_url=api.base, headers=headers) as client:
+        answer = await client.get("/v1/changes", params={"since": since})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
