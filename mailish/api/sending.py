@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 from uuid import UUID
 
 from fastapi import APIRouter, Header, HTTPException, Response, UploadFile, status
@@ -51,9 +51,15 @@ class SendAccepted(BaseModel):
     message_id: str
 
 
+SendStatus = Literal["queued", "sending", "sent", "partially_sent", "failed", "cancelled"]
+SEND_STATUSES: frozenset[str] = frozenset(get_args(SendStatus))
+
+
 class OutboxOut(BaseModel):
     operation_id: UUID
-    status: str
+    #: ``sending`` until the outcome is known: the store's ``unknown`` (the message may have
+    #: reached the server and is being checked against Sent) ends ``sent`` or ``failed``.
+    status: SendStatus
     message_id: str
     refused: dict[str, Any]
     error: str | None
@@ -218,7 +224,7 @@ async def get_outbox(operation_id: UUID, account_id: AccountIdDep, state: StateD
     if row is None:
         raise HTTPException(404, detail={"error": "not_found", "detail": "no such send"})
     return OutboxOut(
-        operation_id=row["id"], status=row["status"], message_id=row["header_message_id"],
+        operation_id=row["id"], status=_shown(row["status"]), message_id=row["header_message_id"],
         refused=row["refused"], error=row["error"], send_at=row["send_at"],
         sent_at=row["sent_at"],
     )  # fmt: skip
@@ -234,5 +240,12 @@ async def cancel_send(operation_id: UUID, account_id: AccountIdDep, state: State
     if row is None:
         raise HTTPException(404, detail={"error": "not_found", "detail": "no such send"})
     raise HTTPException(
-        409, detail={"error": "too_late", "detail": f"the send is already {row['status']}"}
+        409, detail={"error": "too_late", "detail": f"the send is already {_shown(row['status'])}"}
     )
+
+
+def _shown(status: str) -> SendStatus:
+    """The outbox status as the app sees it: ``unknown`` is still ``sending``."""
+    shown = "sending" if status == "unknown" else status
+    assert shown in SEND_STATUSES, shown
+    return shown  # type: ignore[return-value]

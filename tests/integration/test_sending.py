@@ -72,7 +72,8 @@ async def settle(client: httpx.AsyncClient, op: str, limit: float = 20) -> dict[
     async with asyncio.timeout(limit):
         while True:
             body: dict[str, object] = (await client.get(f"/v1/outbox/{op}")).json()
-            if body["status"] not in ("queued", "sending", "unknown"):
+            assert body["status"] != "unknown", body  # shown as sending until resolved
+            if body["status"] not in ("queued", "sending"):
                 return body
             await asyncio.sleep(0.05)
 
