@@ -14,7 +14,7 @@ from fastapi import HTTPException
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from mailish.domain.addresses import normalise_address
-from mailish.domain.endpoints import Endpoint, Security
+from mailish.domain.endpoints import Endpoint, Security, normalise_host
 from mailish.domain.errors import ConfigError
 from mailish.mail.credentials import CredentialError
 from mailish.mail.oauth.broker import (
@@ -33,6 +33,11 @@ class ServerSettings(BaseModel):
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(ge=1, le=65535)
     security: Literal["tls", "starttls", "plain"] = "tls"
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return normalise_host(value)
 
     def endpoint(self) -> Endpoint:
         return Endpoint(self.host, self.port, Security(self.security))

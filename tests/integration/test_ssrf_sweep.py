@@ -61,6 +61,12 @@ INSIDE_HOSTS = (
     "64:ff9b::127.0.0.1", "10.0.0.1", "172.16.0.1", "172.31.255.254", "192.168.0.1",
     "169.254.169.254", "100.64.0.1", "fd00::1", "fe80::1",
 )  # fmt: skip
+#: IPv6 literals as URLs and mail clients write them; the API takes them without brackets.
+BRACKETED_HOSTS = ("[::1]", "[::ffff:127.0.0.1]", "[fd00::1]", "[fe80::1]")
+NO_HOSTS = (
+    "imap example.com", "imap.example.com/x", "user@imap.example.com", "[not-v6]",
+    "-imap.example.com", "imap..example.com", "ex\u00e4mple..com",
+)  # fmt: skip
 #: Push endpoint URLs that lead inside (``{port}`` is a canary's).
 INSIDE_URLS = (
     "https://localhost:{port}/p", "https://localhost.:{port}/p", "https://127.0.0.1:{port}/p",
@@ -209,7 +215,7 @@ def _expect(answer: httpx.Response, status: int, error: str, label: str) -> list
 async def test_explicit_hosts_inside_are_refused(guarded: RunningApi, inside: Inside) -> None:
     wrong: list[str] = []
     async with httpx.AsyncClient(base_url=guarded.base, timeout=30) as client:
-        for host in INSIDE_HOSTS:
+        for host in INSIDE_HOSTS + BRACKETED_HOSTS:
             for security in ("tls", "starttls"):
                 answer = await client.post("/v1/accounts", json={
                     "email": "victim@example.com", "password": "pw",
@@ -222,6 +228,18 @@ async def test_explicit_hosts_inside_are_refused(guarded: RunningApi, inside: In
                 wrong += mismatch
     assert wrong == []
     assert inside.connections == []
+
+
+async def test_hosts_that_are_no_host_names_are_invalid_requests(guarded: RunningApi) -> None:
+    async with httpx.AsyncClient(base_url=guarded.base, timeout=30) as client:
+        for host in NO_HOSTS:
+            answer = await client.post("/v1/accounts", json={
+                "email": "victim@example.com", "password": "pw",
+                "imap": {"host": host, "port": 993, "security": "tls"},
+            })  # fmt: skip
+            assert answer.status_code == 422, (host, answer.text)
+            body = answer.json()
+            assert body["error"] == "invalid_request" and "imap.host" in body["fields"], body
 
 
 async def test_smtp_hosts_inside_are_refused_before_connecting(inside: Inside) -> None:

@@ -7,6 +7,7 @@ import ipaddress
 
 import pytest
 
+from mailish.domain.endpoints import normalise_host
 from mailish.mail.hosts import is_public, literal_address
 
 
@@ -66,3 +67,32 @@ def test_is_public(address: str, public: bool) -> None:
 def test_literal_address(host: str, address: str | None) -> None:
     found = literal_address(host)
     assert (str(found) if found is not None else None) == address
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("imap.GMAIL.com", "imap.gmail.com"),
+        ("imap.gmail.com.", "imap.gmail.com"),  # the root's dot
+        (" imap.gmail.com ", "imap.gmail.com"),
+        ("Bücher.example", "xn--bcher-kva.example"),
+        ("mail_1.corp.example", "mail_1.corp.example"),  # DNS allows it; so do we
+        ("[::1]", "::1"),
+        ("[2001:DB8::1]", "2001:db8::1"),
+        ("::ffff:127.0.0.1", "::ffff:7f00:1"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("2130706433", "2130706433"),  # a name here; resolving it is refused (SSRF)
+    ],
+)
+def test_hosts_are_stored_in_one_form(typed: str, stored: str) -> None:
+    assert normalise_host(typed) == stored
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["", ".", "a b", "x/y", "a@b", "a..b", "-a.example", "a-.example", "[a.b]", "[127.0.0.1]",
+     "a" * 64 + ".example", ".".join(["a" * 60] * 5), "ex\u00e4mple..com", "http://a.example"],
+)  # fmt: skip
+def test_what_is_no_host_is_refused(typed: str) -> None:
+    with pytest.raises(ValueError, match="not a"):
+        normalise_host(typed)
