@@ -2,7 +2,8 @@
 
 ``draft_id`` is the draft's Message-ID, stable across versions. A save queues a
 ``save_draft`` operation (APPEND the new version, then remove older ones); sending a draft
-queues it in the outbox and removes the draft, in one transaction.
+passes the pre-send check like any send, then queues it in the outbox and removes the draft
+in one transaction.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from mailish.api.sending import (
     SendAccepted,
     SendBody,
     compose_body,
+    passes_presend,
     unprocessable,
 )
 from mailish.api.state import ApiState, StateDep
+from mailish.domain.composing import Composed
 from mailish.store import drafts, operations, outbox
 
 router = APIRouter(prefix="/v1", tags=["drafts"])
@@ -95,12 +98,24 @@ async def send_draft(
     state: StateDep,
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, max_length=200)] = None,
 ) -> SendAccepted:
+    async with state.pool.acquire() as conn:
+        checked = await drafts.get(conn, account_id=account_id, draft_id=draft_id)
+    if checked is None:
+        raise _missing()
+    if not checked.recipients:
+        raise unprocessable("to", "a draft needs at least one recipient to be sent")
+    await passes_presend(state, account_id, Composed(
+        checked.raw, checked.id, checked.envelope_from, checked.recipients,
+    ))  # fmt: skip
     async with state.pool.acquire() as conn, conn.transaction():
         draft = await drafts.get(conn, account_id=account_id, draft_id=draft_id)
         if draft is None:
             raise _missing()
-        if not draft.recipients:
-            raise unprocessable("to", "a draft needs at least one recipient to be sent")
+        if draft.version != checked.version:
+            raise HTTPException(409, detail={
+                "error": "draft_changed",
+                "detail": "the draft was saved again while it was being sent; send it again",
+            })  # fmt: skip
         key = idempotency_key or f"draft:{draft_id}:{draft.version}"
         queued = await outbox.enqueue(
             conn, account_id=account_id, key=key, request_hash=draft.sha256,

@@ -183,24 +183,10 @@ async def send(
     if not idempotency_key:
         raise unprocessable(IDEMPOTENCY_HEADER, "header required (any unique string per send)")
     digest = request_hash(body)
-    async with state.pool.acquire() as conn, conn.transaction():
+    async with state.pool.acquire() as conn:
         composed = await compose_body(conn, state, account_id, body)
-        try:
-            reasons = await presend.check(
-                composed, account_id=account_id, max_size=state.settings.max_message_size,
-                max_recipients=state.settings.max_recipients,
-                service_url=state.settings.presend_check_url,
-                ca_files=state.settings.tls_ca_file,
-            )  # fmt: skip
-        except TransientError as exc:
-            raise HTTPException(
-                503,
-                detail={"error": "check_unavailable", "detail": str(exc)},
-                headers={"Retry-After": "30"},
-            ) from None
-
-        if reasons:
-            raise HTTPException(422, detail={"error": "rejected", "detail": "; ".join(reasons)})
+    await passes_presend(state, account_id, composed)
+    async with state.pool.acquire() as conn, conn.transaction():
         try:
             queued = await outbox.enqueue(
                 conn, account_id=account_id, key=idempotency_key, request_hash=digest,
@@ -215,6 +201,25 @@ async def send(
         if queued.created:
             await operations.wake(conn, account_id=account_id)
     return SendAccepted(operation_id=queued.id, message_id=queued.message_id)
+
+
+async def passes_presend(state: ApiState, account_id: UUID, composed: composing.Composed) -> None:
+    """The pre-send check (limits, then the operator's service) for every way mail leaves:
+    422 ``rejected`` with the reasons, 503 ``check_unavailable`` when the service cannot
+    say. Called outside any transaction: the service may take up to 5 s to answer."""
+    try:
+        reasons = await presend.check(
+            composed, account_id=account_id, max_size=state.settings.max_message_size,
+            max_recipients=state.settings.max_recipients,
+            service_url=state.settings.presend_check_url, ca_files=state.settings.tls_ca_file,
+        )  # fmt: skip
+    except TransientError as exc:
+        raise HTTPException(
+            503, detail={"error": "check_unavailable", "detail": str(exc)},
+            headers={"Retry-After": "30"},
+        ) from None  # fmt: skip
+    if reasons:
+        raise HTTPException(422, detail={"error": "rejected", "detail": "; ".join(reasons)})
 
 
 @router.get("/outbox/{operation_id}", response_model=OutboxOut)

@@ -1,10 +1,8 @@
-"""The default pre-send check: limits a composed message must meet before the worker sends it.
+"""The default pre-send check: limits a composed message must meet before it is queued.
 
-Why a separate pure check: the worker runs a pluggable pre-send hook (the seed's `check_spam`
-slot) right before SMTP, when limits may have changed since the message was composed (the
-account's provider lowered its size cap, an admin tightened the recipient limit). Returning
-human-readable reasons rather than raising lets the hook's caller decide whether to fail the
-outbox row permanently and show the user why; an empty list means "send it".
+The API runs it for every way mail leaves (``POST /v1/send`` and sending a draft), before
+the operator's optional check service (``services.presend``). Returning human-readable
+reasons rather than raising lets the caller show the user why; an empty list means "send it".
 """
 
 from __future__ import annotations

@@ -459,6 +459,15 @@ async def test_presend_check_service(
                 "/v1/send", json={"to": ["fine@example.org"], "text": "secret body"},
                 headers={"Idempotency-Key": "ham"},
             )  # fmt: skip
+            # A draft is sent through the same check (it used to skip it).
+            spam_draft = (await client.post("/v1/drafts", json={
+                "to": ["blocked@example.org"], "text": "secret body",
+            })).json()["draft_id"]  # fmt: skip
+            refused_draft = await client.post(f"/v1/drafts/{spam_draft}/send")
+            kept = await client.put(
+                f"/v1/drafts/{spam_draft}", json={"to": ["fine@example.org"], "text": "edited"}
+            )
+            allowed_draft = await client.post(f"/v1/drafts/{spam_draft}/send")
     finally:
         server.should_exit = True
         await task
@@ -466,8 +475,13 @@ async def test_presend_check_service(
     assert refused.status_code == 422
     assert refused.json()["detail"] == "looks like spam"
     assert allowed.status_code == 202
-    assert len(seen) == 2
-    assert "secret body" not in json.dumps(seen)
+    assert refused_draft.status_code == 422, refused_draft.text
+    assert refused_draft.json()["detail"] == "looks like spam"
+    assert kept.status_code == 202  # the refused draft is still there to be edited
+    assert allowed_draft.status_code == 202, allowed_draft.text
+    assert len(seen) == 4
+    assert [v["recipients"] for v in seen[2:]] == [["blocked@example.org"], ["fine@example.org"]]
+    assert "secret body" not in json.dumps(seen) and "edited" not in json.dumps(seen)
 
 
 async def test_forward_reuses_a_synced_attachment_and_replies_thread(
