@@ -82,35 +82,3 @@ async def test_quiet_polls_open_no_folder_but_find_changes_elsewhere(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-
-async def test_a_restarted_loop_opens_only_the_folders_that_changed_meanwhile(
-    db_pool: Pool, dovecot: Dovecot, linked: Linked, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """After a restart or a takeover the first round checks like a quiet poll: a folder is
-    opened only if LIST-STATUS shows it moved past its last checkpoint."""
-    dovecot.load_maildir(linked.user, 3)
-    dovecot.load_maildir(linked.user, 3, seed=1, folder="Archive")
-    before = linked.sync(db_pool)
-    task = asyncio.create_task(before.run())
-    try:
-        await asyncio.wait_for(before.synced.wait(), 20)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    # While no worker runs: new mail in Archive; INBOX and the empty folders stay as they were.
-    dovecot.deliver(linked.user, b"Subject: while away\r\n\r\nx\r\n", folder="Archive")
-    opened = record_selects(monkeypatch)
-    after = linked.sync(db_pool)
-    task = asyncio.create_task(after.run())
-    try:
-        await asyncio.wait_for(after.synced.wait(), 20)
-        assert opened == ["Archive"]
-        await eventually(
-            db_pool, "SELECT 1 FROM messages WHERE account_id=$1 AND subject=$2",
-            linked.account_id, "while away",
-        )  # fmt: skip
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
