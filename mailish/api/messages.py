@@ -101,6 +101,11 @@ class MessageOut(_HeadlineOut):
     text: str | None
     html: str | None
     attachments: list[AttachmentOut]
+    parse_defects: list[str] = Field(
+        description="What the parser had to work around to show this message (e.g. "
+        "'charset-unknown:x', 'multipart-missing-closing-boundary'); empty when it is clean. "
+        "The raw bytes (/raw) are always the server's, whatever these say."
+    )
 
 
 def _not_found(what: str) -> HTTPException:
@@ -226,6 +231,7 @@ async def get_message(id: IdPath, account_id: AccountIdDep, pool: PoolDep) -> Me
         date=parsed.date or stored.date, message_id=parsed.message_id,
         in_reply_to=list(parsed.in_reply_to), references=list(parsed.references),
         seen=stored.seen, flagged=stored.flagged, text=parsed.text, html=html,
+        parse_defects=list(parsed.defects),
         attachments=[
             AttachmentOut(
                 id=a.id, filename=a.filename, content_type=a.content_type, size=a.size,

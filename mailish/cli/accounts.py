@@ -6,13 +6,15 @@ import argparse
 import datetime as dt
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from mailish.cli.database import database, migrate_to_latest
 from mailish.cli.keys import keyring
 from mailish.config import Settings
-from mailish.domain.endpoints import Endpoint, Security
+from mailish.domain.endpoints import Endpoint, Security, normalise_host
 from mailish.domain.errors import ConfigError
+from mailish.mail.autoconfig.discovering import DiscoveryFailed, discover
 from mailish.mail.policy import ConnectionPolicy
 from mailish.services.linking import LinkError, LinkRequest, link
 from mailish.store import accounts, connecting
@@ -24,14 +26,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add = verbs.add_parser(
         "add",
         help="verify a login and link the account",
-        description="Verify the IMAP (and SMTP, when given) login, then link the account and "
-        "print JSON with account_id and an API token. Nothing is created on failure.",
+        description="Verify the IMAP (and SMTP) login, then link the account and print JSON "
+        "with account_id and an API token. Servers not given are discovered from the address "
+        "as the API does (see `mailish autoconfig`). Nothing is created on failure.",
     )
     add.add_argument("email")
     add.add_argument("--username", help="login name, when it is not the address")
     add.add_argument("--display-name")
     for proto, port in (("imap", 993), ("smtp", 465)):
-        add.add_argument(f"--{proto}-host", required=proto == "imap")
+        add.add_argument(f"--{proto}-host", help="default: discovered from the address")
         add.add_argument(f"--{proto}-port", type=int, default=port)
         add.add_argument(f"--{proto}-security", choices=[s.value for s in Security], default="tls")
     add.add_argument(
@@ -56,10 +59,33 @@ def _endpoint(args: argparse.Namespace, proto: str) -> Endpoint | None:
         return None
     try:
         return Endpoint(
-            host, getattr(args, f"{proto}_port"), Security(getattr(args, f"{proto}_security"))
-        )
+            normalise_host(host), getattr(args, f"{proto}_port"),
+            Security(getattr(args, f"{proto}_security")),
+        )  # fmt: skip
     except ValueError as exc:
         raise ConfigError(f"--{proto}-*: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Servers:
+    imap: Endpoint
+    smtp: Endpoint | None
+    username: str | None
+    source: str  # "arguments", or the discovery source that answered
+
+
+async def _servers(settings: Settings, args: argparse.Namespace) -> Servers:
+    """The servers from the arguments; what they leave out is discovered from the address."""
+    imap, smtp = _endpoint(args, "imap"), _endpoint(args, "smtp")
+    if imap is not None:
+        return Servers(imap, smtp, args.username, "arguments")
+    try:
+        found = await discover(
+            args.email, policy=policy_from(settings), ispdb_base=settings.ispdb_url
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return Servers(found.imap, smtp or found.smtp, args.username or found.username, found.source)
 
 
 def _json(value: Any) -> str:
@@ -75,11 +101,15 @@ async def add_account(settings: Settings, args: argparse.Namespace) -> int:
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise ConfigError("no password on standard input")
-    imap = _endpoint(args, "imap")
-    assert imap is not None
+    try:
+        servers = await _servers(settings, args)
+    except DiscoveryFailed as exc:
+        trail = "; ".join(exc.trail)
+        print(f"mailish: discovery_failed: no IMAP/SMTP settings found: {trail}", file=sys.stderr)
+        return 1
     request = LinkRequest(
-        email=args.email, password=password, imap=imap, smtp=_endpoint(args, "smtp"),
-        display_name=args.display_name, username=args.username,
+        email=args.email, password=password, imap=servers.imap, smtp=servers.smtp,
+        display_name=args.display_name, username=servers.username,
     )  # fmt: skip
     local = settings.database_dsn() is None
     async with database(settings) as dsn:
@@ -95,7 +125,11 @@ async def add_account(settings: Settings, args: argparse.Namespace) -> int:
             return 1
         finally:
             await pool.close()
-    print(_json({"account_id": linked.account_id, "token": linked.token, "bucket": linked.bucket}))
+    print(_json({
+        "account_id": linked.account_id, "token": linked.token, "bucket": linked.bucket,
+        "imap": servers.imap.as_json(), "smtp": servers.smtp.as_json() if servers.smtp else None,
+        "source": servers.source,
+    }))  # fmt: skip
     return 0
 
 

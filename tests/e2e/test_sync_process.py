@@ -19,7 +19,9 @@ from mailish.services.linking import LinkRequest, link
 from mailish.store import connecting
 from tests.harness.ca import LocalCA
 from tests.harness.dovecot import Dovecot, MailUser
+from tests.harness.https_server import Answer, HttpsServer
 from tests.harness.mailboxes import local_snapshot, server_snapshot
+from tests.harness.smtp import SmtpServer
 
 MAILISH = [sys.executable, "-m", "mailish"]
 
@@ -154,3 +156,53 @@ async def test_accounts_commands(
     )  # fmt: skip
     assert again.returncode == 1
     assert "already_linked" in again.stderr
+
+
+def ispdb_entry(imaps_port: int, smtps_port: int) -> bytes:
+    """What an ISPDB serves for example.test: Dovecot and the submission server, both TLS."""
+    return f"""<?xml version="1.0"?><clientConfig version="1.1"><emailProvider id="test">
+<incomingServer type="imap"><hostname>localhost</hostname><port>{imaps_port}</port>
+<socketType>SSL</socketType><username>%EMAILLOCALPART%</username></incomingServer>
+<outgoingServer type="smtp"><hostname>localhost</hostname><port>{smtps_port}</port>
+<socketType>SSL</socketType><username>%EMAILLOCALPART%</username></outgoingServer>
+</emailProvider></clientConfig>""".encode()
+
+
+async def test_accounts_add_discovers_the_servers(
+    db_dsn: str, dovecot: Dovecot, mail_user: MailUser, test_ca: LocalCA,
+    smtp_server: SmtpServer,
+) -> None:  # fmt: skip
+    """Without --imap-host the command discovers the servers as the API does (here from an
+    ISPDB), verifies both logins and says where the settings came from."""
+    smtp_server.add_user(mail_user.name, mail_user.password)
+    ispdb = HttpsServer(test_ca.server_context())
+    ispdb.route(
+        "127.0.0.1",
+        "/v1.1/example.test",
+        Answer(body=ispdb_entry(dovecot.imaps_port, smtp_server.tls_port)),
+    )
+    ispdb.start()
+    env = env_for(db_dsn, test_ca, format_key("k1", new_key()))
+    # an address: discovery asks DNS itself (no /etc/hosts), and there is no DNS here
+    env["MAILISH_ISPDB_URL"] = f"https://127.0.0.1:{ispdb.port}/v1.1/"
+    try:
+        added = subprocess.run(
+            [*MAILISH, "accounts", "add", f"{mail_user.name}@example.test", "--password-stdin"],
+            input=mail_user.password + "\n", env=env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        unknown = subprocess.run(
+            [*MAILISH, "accounts", "add", "someone@nowhere.invalid", "--password-stdin"],
+            input="pw\n", env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        ispdb.stop()
+        smtp_server.remove_user(mail_user.name)
+    assert added.returncode == 0, added.stderr
+    created = json.loads(added.stdout)
+    assert created["source"] == "ispdb"
+    assert created["imap"] == {"host": "localhost", "port": dovecot.imaps_port, "security": "tls"}
+    assert created["smtp"]["port"] == smtp_server.tls_port
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("mailish: discovery_failed:"), unknown.stderr
+    assert "Traceback" not in unknown.stderr

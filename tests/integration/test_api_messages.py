@@ -218,6 +218,7 @@ async def test_read_message_raw_and_attachments(
         assert body["references"] == ["root@example.org", "parent@example.org"]
         assert body["seen"] is False and body["flagged"] is False
         assert "zeppelin" in body["text"]
+        assert body["parse_defects"] == []
         html = body["html"]
         assert "<b>bold</b>" in html and 'href="https://example.com/"' in html
         for hostile in ("<script", "alert(", "onerror", "onclick", "javascript:"):
@@ -253,6 +254,30 @@ async def test_read_message_raw_and_attachments(
         assert unknown.status_code == 404 and unknown.json()["error"] == "not_found"
         assert (await client.get("/v1/messages/987654321")).status_code == 404
         assert (await client.get("/v1/messages/not-a-number")).status_code == 422
+
+
+async def test_a_broken_message_is_shown_best_effort_with_its_defects(
+    api: RunningApi, db_pool: Pool, dovecot: Dovecot, linked: Linked
+) -> None:
+    raw = (
+        b'From: "unclosed <a@example.org>\r\nSubject: broken\r\nDate: Sun, 1 Mar 2026 '
+        b'09:30:00 +0000\r\nContent-Type: multipart/mixed; boundary="XX"\r\n\r\n--XX\r\n'
+        b"Content-Type: text/plain; charset=no-such-charset\r\n\r\nhello there\r\n"
+    )
+    dovecot.deliver(linked.user, raw)
+    await sync_and_index(db_pool, linked)
+    headers = {"Authorization": f"Bearer {linked.token}"}
+    async with httpx.AsyncClient(base_url=api.base, headers=headers) as client:
+        inbox = next(f for f in (await client.get("/v1/folders")).json()["folders"]
+                     if f["role"] == "inbox")  # fmt: skip
+        [listed] = (await client.get(f"/v1/folders/{inbox['id']}/messages")).json()["messages"]
+        body = (await client.get(f"/v1/messages/{listed['id']}")).json()
+        raw_answer = await client.get(f"/v1/messages/{listed['id']}/raw")
+    assert body["subject"] == "broken" and "hello there" in body["text"]
+    assert body["parse_defects"] == [
+        "multipart-missing-closing-boundary", "charset-unknown:no-such-charset",
+    ]  # fmt: skip
+    assert raw_answer.content == raw
 
 
 async def test_search_by_subject_sender_and_body_within_the_account(

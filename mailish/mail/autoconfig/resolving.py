@@ -93,8 +93,11 @@ class Resolver:
         every address is loopback/private/link-local/mapped or otherwise special.
         """
         addresses: list[str] = []
-        for rdtype in ("A", "AAAA"):
-            addresses += [str(r) for r in await self._query(host, rdtype)]
+        try:  # an address already (an ISPDB or a server named by one): no DNS to ask
+            addresses.append(str(ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))))
+        except ValueError:
+            for rdtype in ("A", "AAAA"):
+                addresses += [str(r) for r in await self._query(host, rdtype)]
         if not addresses:
             raise Unreachable(f"cannot resolve {host!r}")
         refused: list[str] = []
