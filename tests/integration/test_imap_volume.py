@@ -12,9 +12,11 @@ import pytest
 
 from mailish.domain.endpoints import Endpoint, Security
 from mailish.domain.errors import ProtocolError
+from mailish.domain.logins import PasswordLogin
 from mailish.mail.imap import connection as imap_connection
 from mailish.mail.imap.connection import OVERFLOW, ImapConnection, ImapSettings
 from mailish.mail.imap.session import ImapSession
+from mailish.worker.account_sync import AccountSync, SyncTuning
 
 Answer = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[None]]
 Scripted = Callable[[Answer], Awaitable[ImapConnection]]
@@ -145,3 +147,29 @@ async def test_an_unsolicited_flood_collapses_into_one_overflow_marker(scripted:
     conn.unsolicited.clear()  # the session looked: the next responses are kept again
     assert await session.search_uids(b"ALL") == [1]
     assert list(conn.unsolicited) == [OVERFLOW]
+
+
+async def test_a_server_that_never_pauses_gets_a_full_round_not_an_endless_wait(
+    scripted: Scripted,
+) -> None:
+    """NOTIFY events arriving faster than the debounce used to keep the wait gathering them
+    (and the set of dirty folders growing) for as long as the server kept on."""
+
+    async def answer(tag: bytes, command: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(tag + b" OK done\r\n")
+        n = 0
+        while not writer.is_closing():
+            n += 1
+            writer.write(b'* STATUS "Folder %d" (MESSAGES %d)\r\n' % (n, n))
+            if n % 100 == 0:
+                await writer.drain()
+                await asyncio.sleep(0.001)
+
+    conn = await scripted(answer)
+    await conn.command("NOOP")  # the stream begins
+    sync = AccountSync(
+        pool=None, lease=None, account_id=None, imap=conn.settings,  # type: ignore[arg-type]
+        login=PasswordLogin("u", "p"), tuning=SyncTuning(debounce=0.05),
+    )  # fmt: skip
+    async with asyncio.timeout(10):
+        assert await sync._wait_notify(ImapSession(conn)) is None  # a full round
