@@ -173,3 +173,26 @@ async def test_a_server_that_never_pauses_gets_a_full_round_not_an_endless_wait(
     )  # fmt: skip
     async with asyncio.timeout(10):
         assert await sync._wait_notify(ImapSession(conn)) is None  # a full round
+
+
+async def test_notify_events_during_another_command_are_kept_for_the_session(
+    scripted: Scripted,
+) -> None:
+    """STATUS and LIST of other mailboxes (NOTIFY) can arrive in the middle of any command;
+    they belong to the session's change tracking, not to that command's answer."""
+    events = b'* STATUS "Other" (MESSAGES 3 UIDNEXT 4)\r\n* LIST () "/" "New"\r\n'
+
+    async def answer(tag: bytes, command: bytes, writer: asyncio.StreamWriter) -> None:
+        if command.endswith(b"NOOP"):
+            writer.write(events)
+        elif b" LIST " in command:
+            writer.write(b'* LIST () "/" "INBOX"\r\n* STATUS "INBOX" (MESSAGES 1)\r\n')
+        writer.write(tag + b" OK done\r\n")
+
+    conn = await scripted(answer)
+    noop = await conn.command("NOOP")
+    assert noop.data == []
+    assert [getattr(e, "kind", None) for e in conn.unsolicited] == ["STATUS", "LIST"]
+    conn.unsolicited.clear()
+    listed = await conn.command("LIST", b'""', b'"*"', b"RETURN (STATUS (MESSAGES))")
+    assert [d.kind for d in listed.data] == ["LIST", "STATUS"] and not conn.unsolicited

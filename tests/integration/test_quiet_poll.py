@@ -82,3 +82,29 @@ async def test_quiet_polls_open_no_folder_but_find_changes_elsewhere(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_idle_notify_session_makes_no_rounds_of_its_own(
+    db_pool: Pool, dovecot: Dovecot, linked: Linked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session keeps the NOTIFY events that arrive during its own commands: none of
+    them may be caused by its own passes (read-only SELECTs, fetches), or it would go round
+    and round."""
+    dovecot.load_maildir(linked.user, 5)
+    dovecot.load_maildir(linked.user, 2, seed=1, folder="Archive")
+    sync = linked.sync(db_pool)  # NOTIFY, safety poll after 300 s
+    task = asyncio.create_task(sync.run())
+    try:
+        await asyncio.wait_for(sync.synced.wait(), 20)
+        await asyncio.sleep(0.5)
+        rounds, opened = sync.rounds, record_selects(monkeypatch)
+        await asyncio.sleep(3)
+        assert (sync.rounds, opened) == (rounds, [])
+        dovecot.deliver(linked.user, b"Subject: still awake\r\n\r\nx\r\n", folder="Archive")
+        await eventually(
+            db_pool, "SELECT 1 FROM messages WHERE account_id=$1 AND subject=$2",
+            linked.account_id, "still awake",
+        )  # fmt: skip
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -498,7 +498,11 @@ class ImapConnection:
 
 
 # Responses a server may send at any time that describe mailbox state, not command output.
-_UNSOLICITED_KINDS = frozenset({"EXISTS", "EXPUNGE", "RECENT", "FETCH", "VANISHED"})
+# With NOTIFY (RFC 5465) that includes STATUS and LIST of other mailboxes: kept in a command's
+# data, they were lost until the next full round.
+_UNSOLICITED_KINDS = frozenset(
+    {"EXISTS", "EXPUNGE", "RECENT", "FETCH", "VANISHED", "STATUS", "LIST"}
+)
 # ...unless the command asked for them.
 _OWN: dict[str, frozenset[str]] = {
     "SELECT": frozenset({"EXISTS", "RECENT", "FETCH", "VANISHED"}),
@@ -511,6 +515,8 @@ _OWN: dict[str, frozenset[str]] = {
     "EXPUNGE": frozenset({"EXPUNGE", "VANISHED"}),
     "UID MOVE": frozenset({"EXPUNGE", "VANISHED"}),
     "NOOP": frozenset({"EXISTS", "EXPUNGE", "RECENT", "FETCH", "VANISHED"}),
+    "LIST": frozenset({"LIST", "STATUS"}),  # RETURN (STATUS ...): LIST-STATUS, RFC 5819
+    "STATUS": frozenset({"STATUS"}),
 }
 
 
