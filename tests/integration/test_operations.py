@@ -140,13 +140,16 @@ async def test_operations_reach_the_server(
         assert b"Bills" not in b" ".join(imap.list()[1])
         imap.logout()
 
-        # an operation the server refuses is reverted and marked failed
-        dovecot.doveadm("mailbox", "create", "-u", linked.user.name, "Taken")
+        # an operation the server refuses is reverted and marked failed: 150 Cyrillic
+        # letters pass our limit (200 characters) but not Dovecot's (its Maildir stores the
+        # name as one directory of 255 bytes at most). A name taken on the server would not
+        # do: the worker hears of it (NOTIFY) and the API then refuses the rename itself.
         victim = await client.post("/v1/folders", json={"name": "Mine"})
         await until_done(client, victim.json()["operation_id"])
         refused = await client.patch(
-            f"/v1/folders/{victim.json()['folder_id']}", json={"name": "Taken"}
+            f"/v1/folders/{victim.json()['folder_id']}", json={"name": "Я" * 150}
         )
+        assert refused.status_code == 202, refused.text
         result = await until_done(client, refused.json()["operation_id"])
         assert result["status"] == "failed"
         assert result["error"]
