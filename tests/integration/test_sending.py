@@ -9,7 +9,7 @@ import email
 import email.policy
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -422,17 +422,17 @@ async def test_blocked_sender_553(
     assert "553" in str(body["error"])
 
 
-async def test_presend_check_service(
-    db_dsn: str, keyring: KeyRing, test_ca: LocalCA, account: dict[str, object]
-) -> None:
-    """A configured check service sees metadata (never the body) and can refuse a send."""
-    seen: list[dict[str, object]] = []
+Verdict = Callable[[dict[str, object]], Awaitable[bool]]
+
+
+@contextlib.asynccontextmanager
+async def check_service(verdict: Verdict) -> AsyncIterator[str]:
+    """An operator's pre-send check service on loopback HTTP; yields its URL. It allows a
+    send when ``verdict(request)`` says so, and refuses it as "looks like spam" otherwise."""
 
     async def check_app(scope, receive, send):  # type: ignore[no-untyped-def]
         message = await receive()
-        verdict = json.loads(message.get("body", b"{}"))
-        seen.append(verdict)
-        allow = "blocked@example.org" not in verdict["recipients"]
+        allow = await verdict(json.loads(message.get("body", b"{}")))
         body = json.dumps({"allow": allow, "reason": "looks like spam"}).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json")]})  # fmt: skip
@@ -443,35 +443,48 @@ async def test_presend_check_service(
     server = uvicorn.Server(uvicorn.Config(check_app, log_config=None, lifespan="off"))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/check"
     try:
         while not server.started:
             await asyncio.sleep(0.01)
-        async with (
-            serve(db_dsn, keyring, test_ca, presend_check_url=url) as api,
-            client_for(api, account["token"]) as client,
-        ):
-            refused = await client.post(
-                "/v1/send", json={"to": ["blocked@example.org"], "text": "secret body"},
-                headers={"Idempotency-Key": "spam"},
-            )  # fmt: skip
-            allowed = await client.post(
-                "/v1/send", json={"to": ["fine@example.org"], "text": "secret body"},
-                headers={"Idempotency-Key": "ham"},
-            )  # fmt: skip
-            # A draft is sent through the same check (it used to skip it).
-            spam_draft = (await client.post("/v1/drafts", json={
-                "to": ["blocked@example.org"], "text": "secret body",
-            })).json()["draft_id"]  # fmt: skip
-            refused_draft = await client.post(f"/v1/drafts/{spam_draft}/send")
-            kept = await client.put(
-                f"/v1/drafts/{spam_draft}", json={"to": ["fine@example.org"], "text": "edited"}
-            )
-            allowed_draft = await client.post(f"/v1/drafts/{spam_draft}/send")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/check"
     finally:
         server.should_exit = True
         await task
         sock.close()
+
+
+async def test_presend_check_service(
+    db_dsn: str, keyring: KeyRing, test_ca: LocalCA, account: dict[str, object]
+) -> None:
+    """A configured check service sees metadata (never the body) and can refuse a send."""
+    seen: list[dict[str, object]] = []
+
+    async def verdict(request: dict[str, object]) -> bool:
+        seen.append(request)
+        return "blocked@example.org" not in request["recipients"]  # type: ignore[operator]
+
+    async with (
+        check_service(verdict) as url,
+        serve(db_dsn, keyring, test_ca, presend_check_url=url) as api,
+        client_for(api, account["token"]) as client,
+    ):
+        refused = await client.post(
+            "/v1/send", json={"to": ["blocked@example.org"], "text": "secret body"},
+            headers={"Idempotency-Key": "spam"},
+        )  # fmt: skip
+        allowed = await client.post(
+            "/v1/send", json={"to": ["fine@example.org"], "text": "secret body"},
+            headers={"Idempotency-Key": "ham"},
+        )  # fmt: skip
+        # A draft is sent through the same check (it used to skip it).
+        spam_draft = (await client.post("/v1/drafts", json={
+            "to": ["blocked@example.org"], "text": "secret body",
+        })).json()["draft_id"]  # fmt: skip
+        refused_draft = await client.post(f"/v1/drafts/{spam_draft}/send")
+        kept = await client.put(
+            f"/v1/drafts/{spam_draft}", json={"to": ["fine@example.org"], "text": "edited"}
+        )
+        allowed_draft = await client.post(f"/v1/drafts/{spam_draft}/send")
     assert refused.status_code == 422
     assert refused.json()["detail"] == "looks like spam"
     assert allowed.status_code == 202
@@ -482,6 +495,40 @@ async def test_presend_check_service(
     assert len(seen) == 4
     assert [v["recipients"] for v in seen[2:]] == [["blocked@example.org"], ["fine@example.org"]]
     assert "secret body" not in json.dumps(seen) and "edited" not in json.dumps(seen)
+
+
+async def test_a_draft_saved_again_while_it_is_checked_is_not_sent(
+    db_dsn: str, keyring: KeyRing, test_ca: LocalCA, account: dict[str, object]
+) -> None:
+    """The check runs outside the transaction that queues the draft: a save that lands in
+    between (here made by the check service itself, through the API) must not let the
+    unchecked new version go out. The sender is told to send again."""
+    editing: list[httpx.AsyncClient] = []
+    draft: dict[str, str] = {}
+
+    async def verdict(request: dict[str, object]) -> bool:
+        if editing:  # the user saves the draft again while the check is running
+            saved = await editing[0].put(
+                f"/v1/drafts/{draft['id']}", json={"to": ["other@example.org"], "text": "v2"}
+            )
+            assert saved.status_code == 202, saved.text
+        return True
+
+    async with (
+        check_service(verdict) as url,
+        serve(db_dsn, keyring, test_ca, presend_check_url=url) as api,
+        client_for(api, account["token"]) as client,
+    ):
+        created = await client.post("/v1/drafts", json={"to": ["a@example.org"], "text": "v1"})
+        draft["id"] = created.json()["draft_id"]
+        editing.append(client)
+        raced = await client.post(f"/v1/drafts/{draft['id']}/send")
+        editing.clear()
+        again = await client.post(f"/v1/drafts/{draft['id']}/send")
+        outbox = await client.get(f"/v1/outbox/{again.json().get('operation_id')}")
+    assert raced.status_code == 409 and raced.json()["error"] == "draft_changed", raced.text
+    assert again.status_code == 202, again.text
+    assert outbox.status_code == 200
 
 
 async def test_forward_reuses_a_synced_attachment_and_replies_thread(
