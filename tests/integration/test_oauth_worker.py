@@ -181,6 +181,10 @@ async def test_expiry_refreshes_revocation_stops_and_reauthorisation_resumes(
         "/v1/account/credentials", json={"oauth": {"provider": "test", "refresh_token": "rt-x"}}
     )
     assert wrong.status_code == 401 and wrong.json()["error"] == "auth_failed"
+    # Tokens of a normal life from here (expiry was covered in step 1): once, on a loaded CI
+    # machine, re-authorising failed with "IMAP login refused", most likely because the
+    # 4 s JWT (3-4 s: minted in whole seconds) expired before the IMAP login checked it.
+    oauth_server.ttl = 300
     fresh = oauth_server.issue_refresh_token(user.name)
     fixed = await running.client.put(
         "/v1/account/credentials", json={"oauth": {"provider": "test", "refresh_token": fresh}}
