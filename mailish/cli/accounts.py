@@ -49,10 +49,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     status.set_defaults(handler=account_status)
 
 
-def policy_from(settings: Settings) -> ConnectionPolicy:
-    return ConnectionPolicy.from_settings(settings)
-
-
 def _endpoint(args: argparse.Namespace, proto: str) -> Endpoint | None:
     host = getattr(args, f"{proto}_host")
     if host is None:
@@ -81,7 +77,9 @@ async def _servers(settings: Settings, args: argparse.Namespace) -> Servers:
         return Servers(imap, smtp, args.username, "arguments")
     try:
         found = await discover(
-            args.email, policy=policy_from(settings), ispdb_base=settings.ispdb_url
+            args.email,
+            policy=ConnectionPolicy.from_settings(settings),
+            ispdb_base=settings.ispdb_url,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -118,7 +116,7 @@ async def add_account(settings: Settings, args: argparse.Namespace) -> int:
         try:
             linked = await link(
                 pool, request, keyring=keyring(settings, local=local),
-                policy=policy_from(settings), buckets=settings.buckets,
+                policy=ConnectionPolicy.from_settings(settings), buckets=settings.buckets,
             )  # fmt: skip
         except LinkError as exc:
             print(f"mailish: {exc.code}: {exc.detail}", file=sys.stderr)

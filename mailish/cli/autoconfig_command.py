@@ -11,11 +11,11 @@ import argparse
 import json
 import sys
 
-from mailish.cli.accounts import policy_from
 from mailish.config import Settings
 from mailish.domain.errors import ConfigError
 from mailish.mail.autoconfig.discovering import ISPDB_BASE, DiscoveryFailed, discover
 from mailish.mail.autoconfig.resolving import Resolver
+from mailish.mail.policy import ConnectionPolicy
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,8 +41,8 @@ async def autoconfig(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(f"ISPDB URL must be https and end with '/': {base!r}")
     try:
         found = await discover(
-            args.email, policy=policy_from(settings), resolver=Resolver(args.nameserver),
-            ispdb_base=base,
+            args.email, policy=ConnectionPolicy.from_settings(settings),
+            resolver=Resolver(args.nameserver), ispdb_base=base,
         )  # fmt: skip
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

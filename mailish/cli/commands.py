@@ -10,7 +10,6 @@ import os
 import sys
 
 from mailish.api.app import create_app
-from mailish.cli.accounts import policy_from
 from mailish.cli.database import database, migrate_to_latest, next_local_epoch
 from mailish.cli.jobs import Job, run_jobs, stop_on_signals
 from mailish.cli.keys import keyring
@@ -23,6 +22,7 @@ from mailish.kube.assigning import KubeAssigner
 from mailish.kube.client import KubeClient
 from mailish.kube.connecting import load_connection
 from mailish.kube.leasing import LeaseTiming
+from mailish.mail.policy import ConnectionPolicy
 from mailish.observability import crashpoints
 from mailish.services.brokers import broker_from, close_broker
 from mailish.store import connecting, migrating
@@ -50,7 +50,7 @@ async def up(settings: Settings, _args: argparse.Namespace) -> int:
                     buckets=settings.buckets, owner=settings.worker_id, epoch=epoch
                 ),
                 keyring=ring,
-                policy=policy_from(settings),
+                policy=ConnectionPolicy.from_settings(settings),
                 tuning=worker_tuning(settings),
                 dsn=dsn,
                 broker=broker,
@@ -110,7 +110,7 @@ async def worker(settings: Settings, _args: argparse.Namespace) -> int:
                 pool=pool,
                 assigner=assigner,
                 keyring=ring,
-                policy=policy_from(settings),
+                policy=ConnectionPolicy.from_settings(settings),
                 tuning=worker_tuning(settings),
                 dsn=dsn,
                 broker=broker,

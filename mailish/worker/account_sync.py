@@ -215,13 +215,13 @@ class AccountSync:
         """For a poll that heard nothing: true when LIST-STATUS shows the same folders as
         stored, each ``_unchanged`` (or not selectable, or flagged: its retry comes with a
         full round's housekeeping), and no folder operation is queued.
-        Then the round is skipped. An unchanged round costs ~130 statements and 14 commits;
-        with 2,000 idle accounts polling every 60 s the worker used 21% of a core with
-        ``skip_unchanged`` alone and 9% with this check (bench/scale.py)."""
-        listed = await session.list_mailboxes()
+        Then the round is skipped: no mirror transaction, just one LIST-STATUS and one query.
+        When this was added (a round then cost ~130 statements and 14 commits), 2,000 idle
+        accounts polling every 60 s kept 21% of a core busy with ``skip_unchanged`` alone
+        and 9% with this check (bench/scale.py)."""
+        status = _statuses(await session.list_mailboxes())
         async with self.pool.acquire() as conn:
             stored = await folders.list_folders(conn, account_id=self.account_id)
-        status = {_observed(m, known=set()).folder.path: m.status for m in listed}
         if set(status) != {f.path for f in stored}:
             return False
         return all(
@@ -274,7 +274,7 @@ class AccountSync:
         diff = domain_folders.diff_folders(snapshots, observed)
         specs = {o.folder.path: _spec(o.folder, roles.get(o.folder.path)) for o in observed}
         ids = {f.path: f.id for f in stored}
-        statuses = {_observed(m, known=set()).folder.path: m.status for m in listed}
+        statuses = _statuses(listed)
         self._listed_status = statuses
         async with self.pool.acquire() as conn, claims.fenced(conn, self.lease):
             modseq = changes.LazyModseq(conn, self.account_id).get  # only if something changed
@@ -532,6 +532,11 @@ def _observed(mailbox: ListedMailbox, *, known: set[str]) -> ObservedFolder:
     folder = ListedFolder.from_wire(mailbox.raw_name, mailbox.delimiter, mailbox.attributes)
     uidvalidity = None if folder.path in known else mailbox.status.get("UIDVALIDITY")
     return ObservedFolder(folder, uidvalidity)
+
+
+def _statuses(listed: list[ListedMailbox]) -> dict[str, dict[str, int]]:
+    """LIST-STATUS by folder path (the decoded name the store keys folders by)."""
+    return {_observed(m, known=set()).folder.path: m.status for m in listed}
 
 
 def _settled_by_status(

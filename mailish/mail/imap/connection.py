@@ -64,7 +64,7 @@ OVERFLOW = wire.DataResponse("OVERFLOW", None, ())
 # Literals in one response. Each piece costs objects beyond its bytes, so a server ending
 # every line in "{0}" could otherwise grow one response until the timeout.
 MAX_LITERALS = 10_000
-TLS_READ_BUFFER = 16 << 10  # see _trim_tls_read_buffer
+TLS_READ_BUFFER = 16 << 10  # see _share_tls_read_buffer
 
 
 class ImapError(PermanentError):
@@ -148,7 +148,7 @@ class ImapConnection:
             raise describe_tls_failure(exc, endpoint.host) from exc
         except (OSError, TimeoutError) as exc:
             raise Unreachable(f"IMAP {endpoint}: cannot connect ({exc or 'timeout'})") from exc
-        _trim_tls_read_buffer(writer)
+        _share_tls_read_buffer(writer)
         conn = cls(settings, reader, writer)
         try:
             await conn._greet_and_secure(context)
@@ -191,7 +191,7 @@ class ImapConnection:
         try:
             async with asyncio.timeout(self.settings.timeout):
                 await self._writer.start_tls(context, server_hostname=host)
-            _trim_tls_read_buffer(self._writer)
+            _share_tls_read_buffer(self._writer)
         except (ssl.SSLError, ssl.CertificateError) as exc:
             raise describe_tls_failure(exc, host) from exc
         except (OSError, TimeoutError) as exc:
@@ -520,7 +520,7 @@ _OWN: dict[str, frozenset[str]] = {
 }
 
 
-def _trim_tls_read_buffer(writer: asyncio.StreamWriter) -> None:
+def _share_tls_read_buffer(writer: asyncio.StreamWriter) -> None:
     """Point asyncio's TLS read buffer for this connection at the thread's shared one.
 
     CPython's ``sslproto.SSLProtocol`` reads the socket into a zero-filled 256 KiB bytearray
